@@ -1,0 +1,117 @@
+"""Batch normalization as a bijection of the flow (paper §3.7, Appendix E).
+
+Data -> latent, per channel c (statistics over batch, height and width):
+
+    y = (x - mean[c]) / sqrt(var[c] + eps)
+    log|det dy/dx| = -1/2 * H * W * sum_c log(var[c] + eps)
+
+x, y: [B, H, W, C]; log-det: [B] (the same value for every example).
+
+Training mode normalizes with the batch statistics (gathered across all
+replicas under tf.distribute, so every replica uses and stores the same
+numbers) and updates the moving averages
+
+    moving <- momentum * moving + (1 - momentum) * batch.
+
+With `lag=True` (Appendix E) training mode uses the updated moving average
+`momentum * moving + (1 - momentum) * batch` instead, with gradient through the
+batch part only; this lets the flow train on very small batches.
+Inference mode and `decode` use the moving averages: a fixed bijection.
+"""
+
+import tensorflow as tf
+
+from real_nvp.flow_layer import FlowLayer
+
+__all__ = ['FlowBatchNorm', 'batch_moments']
+
+
+def batch_moments(x):
+  """Per-channel mean and (biased) variance of x [B, H, W, C] over B, H, W.
+
+  Inside a replica context of several replicas the moments are those of the
+  global batch (all-reduced), computed in two passes for accuracy.
+  """
+  context = tf.distribute.get_replica_context()
+  replicas = context.num_replicas_in_sync if context else 1
+
+  def global_sum(value):
+    if replicas == 1:
+      return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+  axes = [0, 1, 2]
+  count = global_sum(tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), x.dtype))
+  mean = global_sum(tf.reduce_sum(x, axis=axes)) / count
+  variance = global_sum(
+      tf.reduce_sum(tf.square(x - mean), axis=axes)) / count
+  return mean, variance
+
+
+class FlowBatchNorm(FlowLayer):
+  """Flow batch normalization; see the module docstring.
+
+  Args:
+    momentum: decay of the moving averages (the paper's rho).
+    epsilon: added to the variance.
+    lag: use Appendix E's running-average statistics in training mode.
+  """
+
+  def __init__(self, momentum=0.95, epsilon=1e-4, lag=False, **kwargs):
+    super().__init__(**kwargs)
+    if not 0. <= momentum < 1.:
+      raise ValueError(
+          f'`momentum` must be in [0, 1). Received: momentum={momentum}')
+    if epsilon <= 0.:
+      raise ValueError(f'`epsilon` must be > 0. Received: epsilon={epsilon}')
+    self.momentum = momentum
+    self.epsilon = epsilon
+    self.lag = lag
+
+  def build(self, input_shape):
+    channels = input_shape[-1]
+    self.moving_mean = self.add_weight(
+        name='moving_mean', shape=(channels,), initializer='zeros',
+        trainable=False, aggregation='mean')
+    self.moving_variance = self.add_weight(
+        name='moving_variance', shape=(channels,), initializer='ones',
+        trainable=False, aggregation='mean')
+
+  def statistics(self, x, training):
+    """The (mean, variance) that normalize x; updates moving averages if training."""
+    if not training:
+      return (tf.convert_to_tensor(self.moving_mean),
+              tf.convert_to_tensor(self.moving_variance))
+    batch_mean, batch_variance = batch_moments(x)
+    rho = self.momentum
+    lagged_mean = rho * self.moving_mean + (1. - rho) * batch_mean
+    lagged_variance = rho * self.moving_variance + (1. - rho) * batch_variance
+    self.moving_mean.assign(tf.stop_gradient(lagged_mean))
+    self.moving_variance.assign(tf.stop_gradient(lagged_variance))
+    if self.lag:
+      return lagged_mean, lagged_variance
+    return batch_mean, batch_variance
+
+  def normalize(self, x, mean, variance):
+    """(y, log_det) for fixed statistics: the bijection applied at one step."""
+    log_var = tf.math.log(variance + self.epsilon)
+    y = (x - mean) * tf.exp(-0.5 * log_var)
+    spatial = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
+    log_det = -0.5 * spatial * tf.reduce_sum(log_var)
+    return y, tf.fill(tf.shape(x)[:1], log_det)
+
+  def call(self, x, training=False):
+    mean, variance = self.statistics(x, training)
+    return self.normalize(x, mean, variance)
+
+  def decode(self, y):
+    self._check_built()
+    log_var = tf.math.log(self.moving_variance + self.epsilon)
+    x = y * tf.exp(0.5 * log_var) + self.moving_mean
+    spatial = tf.cast(tf.shape(y)[1] * tf.shape(y)[2], y.dtype)
+    log_det = 0.5 * spatial * tf.reduce_sum(log_var)
+    return x, tf.fill(tf.shape(y)[:1], log_det)
+
+  def get_config(self):
+    return {**super().get_config(), 'momentum': self.momentum,
+            'epsilon': self.epsilon, 'lag': self.lag}

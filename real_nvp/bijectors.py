@@ -1,0 +1,137 @@
+"""TFP bijectors over the flow's Keras layers, and the factor-out bijector.
+
+TFP's convention: a bijector's `forward` is generative (latent -> data) and
+its `inverse` (data -> latent) is what `log_prob` uses. So
+
+    FlowLayerBijector(layer).forward(z) = layer.decode(z)
+    FlowLayerBijector(layer).inverse(x) = layer(x, training=...)
+
+Each layer computes its output and log-det in one pass; the bijectors store
+the log-det in TFP's cache with the output (`BijectorCacheWithGreedyAttrs`,
+as TFP's FFJORD does), so `log_prob` runs every s/t network, and updates
+every batch-norm average, exactly once.
+
+Keras 3 variables are not tf.Module variables: `bijector.trainable_variables`
+is empty. The weights belong to the Keras layers (see `model.RealNVP`).
+"""
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+from tensorflow_probability.python.internal import cache_util
+
+tfb = tfp.bijectors
+
+__all__ = ['FlowLayerBijector', 'FactorOut']
+
+_EVENT_NDIMS = 3  # [H, W, C]
+
+
+class _ImageBijector(tfb.Bijector):
+  """Base: image events, log-det computed together with the output."""
+
+  _cache = cache_util.BijectorCacheWithGreedyAttrs(
+      forward_name='_augmented_forward', inverse_name='_augmented_inverse')
+
+  def __init__(self, parameters, name):
+    super().__init__(
+        forward_min_event_ndims=_EVENT_NDIMS, is_constant_jacobian=False,
+        validate_args=False, parameters=parameters, name=name)
+
+  @staticmethod
+  def _attrs(forward_log_det):
+    return {'fldj': forward_log_det, 'ildj': -forward_log_det}
+
+  def _forward(self, z):
+    return self._augmented_forward(z)[0]
+
+  def _inverse(self, x):
+    return self._augmented_inverse(x)[0]
+
+  def _forward_log_det_jacobian(self, z):
+    attrs = self._cache.forward_attributes(z)
+    if 'fldj' not in attrs:
+      attrs.update(self._augmented_forward(z)[1])
+    return attrs['fldj']
+
+  def _inverse_log_det_jacobian(self, x):
+    attrs = self._cache.inverse_attributes(x)
+    if 'ildj' not in attrs:
+      attrs.update(self._augmented_inverse(x)[1])
+    return attrs['ildj']
+
+
+class FlowLayerBijector(_ImageBijector):
+  """A `FlowLayer` as a TFP bijector.
+
+  Args:
+    layer: a built `real_nvp.flow_layer.FlowLayer`.
+    training: mode of the data -> latent direction (batch statistics and
+      moving-average updates in batch norms). The latent -> data direction
+      always runs in inference mode.
+  """
+
+  def __init__(self, layer, training=False, name=None):
+    parameters = dict(locals())
+    self._layer = layer
+    self._training = training
+    super().__init__(parameters, name or layer.name)
+
+  @property
+  def layer(self):
+    return self._layer
+
+  def _augmented_forward(self, z):
+    x, log_det = self._layer.decode(z)
+    return x, self._attrs(log_det)
+
+  def _augmented_inverse(self, x):
+    z, log_det = self._layer(x, training=self._training)
+    return z, self._attrs(-log_det)
+
+  def _forward_event_shape(self, input_shape):
+    return tf.TensorShape(self._layer.decoded_shape(input_shape.as_list()))
+
+  def _inverse_event_shape(self, output_shape):
+    return tf.TensorShape(self._layer.encoded_shape(output_shape.as_list()))
+
+  def _forward_event_shape_tensor(self, input_shape):
+    return tf.constant(self._layer.decoded_shape(
+        tf.get_static_value(input_shape).tolist()), tf.int32)
+
+  def _inverse_event_shape_tensor(self, output_shape):
+    return tf.constant(self._layer.encoded_shape(
+        tf.get_static_value(output_shape).tolist()), tf.int32)
+
+
+class FactorOut(_ImageBijector):
+  """Multi-scale factor-out (paper §3.6) on events [H, W, 2K].
+
+  Data -> latent: the first K channels are factored out (they go straight to
+  the latent); `inner` maps the other K to the latent of the coarser scales:
+
+      inverse([h_out, h_rest]) = [h_out, inner.inverse(h_rest)]
+
+  log-det = inner's. Shape preserving, so the whole flow maps [H, W, C] to a
+  latent of the same shape.
+  """
+
+  def __init__(self, inner, name='factor_out'):
+    parameters = dict(locals())
+    self._inner = inner
+    super().__init__(parameters, name)
+
+  @property
+  def inner(self):
+    return self._inner
+
+  def _augmented_forward(self, z):
+    z_out, z_rest = tf.split(z, 2, axis=-1)
+    x_rest = self._inner.forward(z_rest)
+    log_det = self._inner.forward_log_det_jacobian(z_rest, _EVENT_NDIMS)
+    return tf.concat([z_out, x_rest], axis=-1), self._attrs(log_det)
+
+  def _augmented_inverse(self, x):
+    x_out, x_rest = tf.split(x, 2, axis=-1)
+    z_rest = self._inner.inverse(x_rest)
+    log_det = self._inner.inverse_log_det_jacobian(x_rest, _EVENT_NDIMS)
+    return tf.concat([x_out, z_rest], axis=-1), self._attrs(-log_det)

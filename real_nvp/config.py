@@ -1,0 +1,108 @@
+"""The flow's architecture as one validated, serializable value, and presets."""
+
+import dataclasses
+import json
+
+__all__ = ['FlowConfig', 'PRESETS', 'preset']
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+  """Architecture and likelihood settings of a Real NVP model.
+
+  Attributes:
+    image_shape: (H, W, C) of the data.
+    levels: quantization levels L of the pixels (256 for 8-bit images).
+    num_scales: scales of the multi-scale architecture (paper §3.6), the last
+      (4 checkerboard couplings, no squeeze) included: CIFAR-10's "downscale
+      only once" is 2. H and W must be divisible by 2**(num_scales - 1).
+    num_blocks: residual blocks per s/t network.
+    feature_maps: feature maps of the s/t networks of the first scale's
+      checkerboard couplings; the channel couplings of a scale use twice as
+      many, and every scale doubles them (as the channels double).
+    flow_batch_norm: batch normalization after every coupling (paper §3.7).
+    bn_momentum: momentum of all batch-norm moving averages.
+    bn_lag: Appendix E's running-average statistics in training mode.
+    alpha: boundary margin of the logit preprocessing (paper §4.1).
+  """
+  image_shape: tuple = (8, 8, 1)
+  levels: int = 256
+  num_scales: int = 2
+  num_blocks: int = 2
+  feature_maps: int = 32
+  flow_batch_norm: bool = True
+  bn_momentum: float = 0.95
+  bn_lag: bool = False
+  alpha: float = 0.05
+
+  def __post_init__(self):
+    object.__setattr__(self, 'image_shape', tuple(int(d) for d in self.image_shape))
+    if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+      raise ValueError('`image_shape` must be (height, width, channels) with '
+                       f'positive sizes. Received: image_shape={self.image_shape}')
+    if self.num_scales < 1:
+      raise ValueError(
+          f'`num_scales` must be >= 1. Received: num_scales={self.num_scales}')
+    factor = 2 ** (self.num_scales - 1)
+    height, width, _ = self.image_shape
+    if height % factor or width % factor:
+      raise ValueError(
+          f'num_scales={self.num_scales} squeezes the image '
+          f'{self.num_scales - 1} times, so height and width must be divisible '
+          f'by {factor}. Received: image_shape={self.image_shape}')
+    if not 2 <= self.levels <= 256:
+      raise ValueError('`levels` must be in [2, 256] (pixels are uint8). '
+                       f'Received: levels={self.levels}')
+    if self.num_blocks < 0 or self.feature_maps < 1:
+      raise ValueError(
+          '`num_blocks` must be >= 0 and `feature_maps` >= 1. Received: '
+          f'num_blocks={self.num_blocks}, feature_maps={self.feature_maps}')
+    if not 0. < self.alpha < 1.:
+      raise ValueError(f'`alpha` must be in (0, 1). Received: alpha={self.alpha}')
+    if not 0. <= self.bn_momentum < 1.:
+      raise ValueError('`bn_momentum` must be in [0, 1). Received: '
+                       f'bn_momentum={self.bn_momentum}')
+
+  @property
+  def num_dims(self):
+    height, width, channels = self.image_shape
+    return height * width * channels
+
+  def to_json(self):
+    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text):
+    return cls(**json.loads(text))
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+
+PRESETS = {
+    # Paper §4.1: 8 residual blocks, 64 feature maps, downscale only once.
+    'cifar10': FlowConfig((32, 32, 3), num_scales=2, num_blocks=8,
+                          feature_maps=64),
+    # 32x32 sets: 4 residual blocks, 32 feature maps, recursion down to 4x4.
+    'imagenet32': FlowConfig((32, 32, 3), num_scales=4, num_blocks=4,
+                             feature_maps=32),
+    # 64x64 sets: 2 residual blocks, recursion down to 4x4.
+    'imagenet64': FlowConfig((64, 64, 3), num_scales=5, num_blocks=2,
+                             feature_maps=32),
+    'lsun': FlowConfig((64, 64, 3), num_scales=5, num_blocks=2,
+                       feature_maps=32),
+    'celeba': FlowConfig((64, 64, 3), num_scales=5, num_blocks=2,
+                         feature_maps=32),
+    # Small presets (ours): 28x28 -> 14x14 -> 7x7; 8x8 -> 4x4.
+    'mnist': FlowConfig((28, 28, 1), num_scales=3, num_blocks=4,
+                        feature_maps=32),
+    'digits': FlowConfig((8, 8, 1), levels=17, num_scales=2, num_blocks=2,
+                         feature_maps=32),
+}
+
+
+def preset(name, **overrides):
+  """The named preset with `overrides` applied (e.g. num_blocks=4)."""
+  if name not in PRESETS:
+    raise ValueError(f'Unknown preset {name!r}; known: {sorted(PRESETS)}')
+  return PRESETS[name].replace(**overrides)

@@ -1,0 +1,84 @@
+"""Dequantization and the logit transform of the data (paper §4.1).
+
+Pixels take L levels {0, ..., L-1}. Training adds uniform noise, giving
+dequantized pixels u in [0, L)^D. The flow models
+
+    w = logit(p),   p = alpha + (1 - alpha) * u / L
+
+and this map's log-det is part of the likelihood, so densities and bits/dim
+are those of u in the data's own pixel space:
+
+    log|det dw/du| = sum_d [log(1 - alpha) - log L - log p_d - log(1 - p_d)]
+    bits/dim = -log p_U(u) / (D * ln 2)
+
+u, w: [B, H, W, C]; log-dets: [B].
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from real_nvp.flow_layer import FlowLayer
+
+__all__ = ['LogitPreprocess', 'dequantize', 'quantize', 'bits_per_dim']
+
+
+def dequantize(images, levels, seed):
+  """uint8 pixels [B, H, W, C] -> u = pixels + U[0, 1), clamped below `levels`.
+
+  `seed` is a stateless seed (shape [2] int). The clamp keeps u < L after
+  float32 rounding (255 + 0.99999994 rounds to 256.0), where the logit would
+  be infinite.
+  """
+  pixels = tf.cast(images, tf.float32)
+  noise = tf.random.stateless_uniform(tf.shape(pixels), seed=seed)
+  return tf.minimum(pixels + noise, np.nextafter(np.float32(levels), 0.))
+
+
+def quantize(u, levels):
+  """Dequantized pixels u -> uint8 pixels floor(u), clipped to [0, L-1]."""
+  pixels = tf.clip_by_value(tf.floor(u), 0., levels - 1.)
+  return tf.cast(pixels, tf.uint8)
+
+
+def bits_per_dim(log_prob, num_dims):
+  """Bits per dimension of a log-density in nats over `num_dims` dimensions."""
+  return -log_prob / (num_dims * math.log(2.))
+
+
+class LogitPreprocess(FlowLayer):
+  """u in [0, L) -> logit(alpha + (1 - alpha) u / L); see the module docstring.
+
+  Args:
+    levels: number of quantization levels L of the data (256 for 8-bit).
+    alpha: the boundary margin, 0 < alpha < 1 (paper: 0.05).
+  """
+
+  def __init__(self, levels=256, alpha=0.05, **kwargs):
+    super().__init__(**kwargs)
+    if levels < 2:
+      raise ValueError(f'`levels` must be >= 2. Received: levels={levels}')
+    if not 0. < alpha < 1.:
+      raise ValueError(f'`alpha` must be in (0, 1). Received: alpha={alpha}')
+    self.levels = levels
+    self.alpha = alpha
+    # The per-dimension log-det term that does not depend on u.
+    self._log_det_offset = math.log1p(-alpha) - math.log(levels)
+
+  def call(self, u, training=False):
+    del training  # Same map in both modes.
+    p = self.alpha + (1. - self.alpha) * u / self.levels
+    log_p, log_1mp = tf.math.log(p), tf.math.log1p(-p)
+    w = log_p - log_1mp
+    log_det = self._log_det_offset - log_p - log_1mp
+    return w, tf.reduce_sum(log_det, axis=[1, 2, 3])
+
+  def decode(self, w):
+    log_p, log_1mp = -tf.nn.softplus(-w), -tf.nn.softplus(w)
+    u = (tf.sigmoid(w) - self.alpha) / (1. - self.alpha) * self.levels
+    log_det = log_p + log_1mp - self._log_det_offset
+    return u, tf.reduce_sum(log_det, axis=[1, 2, 3])
+
+  def get_config(self):
+    return {**super().get_config(), 'levels': self.levels, 'alpha': self.alpha}
