@@ -1,0 +1,51 @@
+"""Shared test helpers: float64 layers, dense Jacobians, non-trivial weights."""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+@pytest.fixture
+def float64():
+  """Layers created inside the test compute in float64 (exact log-det checks)."""
+  previous = keras.config.floatx()
+  keras.config.set_floatx('float64')
+  yield
+  keras.config.set_floatx(previous)
+
+
+def dense_log_det(fn, x):
+  """log|det| of the full Jacobian of fn at x (all of x's elements jointly)."""
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = fn(x)
+  n = int(np.prod(x.shape))
+  jacobian = tf.reshape(tape.jacobian(y, x), [int(np.prod(y.shape)), n])
+  sign, log_abs_det = tf.linalg.slogdet(jacobian)
+  assert sign.numpy() != 0.
+  return log_abs_det.numpy()
+
+
+def per_example_log_det(fn, x):
+  """[B] log|det| of each example's Jacobian (examples independent)."""
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = fn(x)
+  jacobian = tape.batch_jacobian(y, x)
+  n = int(np.prod(x.shape[1:]))
+  return tf.linalg.slogdet(tf.reshape(jacobian, [-1, n, n]))[1].numpy()
+
+
+def perturb(layer_or_model, scale=0.3, seed=0):
+  """Random trainable weights, so that couplings are not the identity."""
+  rng = np.random.default_rng(seed)
+  for variable in layer_or_model.trainable_variables:
+    value = variable.numpy()
+    variable.assign(value + scale * rng.standard_normal(value.shape))
