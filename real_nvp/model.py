@@ -147,9 +147,11 @@ class RealNVP(keras.Model):
     levels = float(self.config.levels)
     with tf.control_dependencies([
         tf.debugging.assert_greater_equal(
-            pixels, 0., message='pixels must be >= 0'),
+            pixels, tf.constant(0., pixels.dtype),
+            message='pixels must be >= 0'),
         tf.debugging.assert_less(
-            pixels, levels, message=f'pixels must be < levels={levels:g}')]):
+            pixels, tf.constant(levels, pixels.dtype),
+            message=f'pixels must be < levels={levels:g}')]):
       # A new tensor each call: TFP's cache is keyed by the input tensor, and
       # a cache hit in eager mode would skip the tape (wrong gradients).
       pixels = tf.identity(pixels)
