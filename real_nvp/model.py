@@ -158,7 +158,7 @@ class RealNVP(keras.Model):
     return self.distribution(training).log_prob(pixels)
 
   def dequantize(self, images, seed):
-    """uint8 [B, H, W, C] -> u = images + U[0, 1) (stateless `seed`, shape [2])."""
+    """uint8 [B, H, W, C] -> u = images + U[0, 1) (stateless `seed`: int or [2])."""
     images = tf.convert_to_tensor(images)
     if images.dtype != tf.uint8:
       raise TypeError(f'images must be uint8. Received dtype {images.dtype.name}')
@@ -166,7 +166,9 @@ class RealNVP(keras.Model):
     with tf.control_dependencies([tf.debugging.assert_less(
         tf.cast(images, tf.int32), self.config.levels,
         message=f'images must be < levels={self.config.levels}')]):
-      return preprocess.dequantize(images, self.config.levels, seed)
+      noise = tf.random.stateless_uniform(
+          tf.shape(images), seed=_stateless_seed(seed), dtype=self.compute_dtype)
+      return preprocess.dequantize(images, self.config.levels, noise)
 
   def bits_per_dim(self, images, seed=(0, 0), training=False):
     """Bits/dim of uint8 images [B, H, W, C] under uniform dequantization. -> [B]."""

@@ -24,16 +24,15 @@ from real_nvp.flow_layer import FlowLayer
 __all__ = ['LogitPreprocess', 'dequantize', 'quantize', 'bits_per_dim']
 
 
-def dequantize(images, levels, seed):
-  """uint8 pixels [B, H, W, C] -> u = pixels + U[0, 1), clamped below `levels`.
+def dequantize(images, levels, noise):
+  """uint8 pixels [B, H, W, C] + noise in [0, 1) -> u, clamped below `levels`.
 
-  `seed` is a stateless seed (shape [2] int). The clamp keeps u < L after
-  float32 rounding (255 + 0.99999994 rounds to 256.0), where the logit would
-  be infinite.
+  The clamp keeps u < L after float32 rounding (255 + 0.99999994 rounds to
+  256.0), where the logit would be infinite.
   """
-  pixels = tf.cast(images, tf.float32)
-  noise = tf.random.stateless_uniform(tf.shape(pixels), seed=seed)
-  return tf.minimum(pixels + noise, np.nextafter(np.float32(levels), 0.))
+  pixels = tf.cast(images, noise.dtype)
+  below_levels = np.nextafter(np.array(levels, noise.dtype.as_numpy_dtype), 0)
+  return tf.minimum(pixels + noise, below_levels)
 
 
 def quantize(u, levels):

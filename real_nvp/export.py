@@ -1,0 +1,83 @@
+"""SavedModel export: sampling and scoring without this project's code.
+
+    loaded = tf.saved_model.load(path)
+    images = loaded.sample(num_samples=16, temperature=0.7, seed=0)   # uint8
+
+Signatures (H, W, C and the number of levels L fixed by the trained model):
+  sample(num_samples: int32, temperature: float32, seed: int32)
+      -> {'images': uint8 [n, H, W, C]}
+  log_prob(pixels: float32 [n, H, W, C] in [0, L))
+      -> {'log_prob': float32 [n]}, nats, of dequantized pixel values
+  bits_per_dim(images: uint8 [n, H, W, C], seed: int32)
+      -> {'bits_per_dim': float32 [n]}, uniform dequantization
+  encode(images: uint8 [n, H, W, C])
+      -> {'z': float32 [n, H, W, C], 'scale_1': ..., 'scale_S': ...}
+  decode(z: float32 [n, H, W, C]) -> {'images': uint8 [n, H, W, C]}
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+__all__ = ['export_saved_model']
+
+
+class _ExportModule(tf.Module):
+  """Holds the model's variables and the exported tf.functions."""
+
+  def __init__(self, model):
+    super().__init__(name='real_nvp')
+    # Keras 3 variables are not tf.Module-trackable; their tf.Variables are.
+    self.model_variables = [v.value for v in model.variables]
+    self._model = model
+    config = model.config
+    image = tf.TensorSpec((None,) + config.image_shape, tf.uint8, name='images')
+    pixels = tf.TensorSpec((None,) + config.image_shape, tf.float32, name='pixels')
+    latent = tf.TensorSpec((None,) + config.image_shape, tf.float32, name='z')
+    self.image_shape = tf.constant(config.image_shape, tf.int32)
+    self.levels = tf.constant(config.levels, tf.int32)
+    self.config_json = tf.constant(config.to_json())
+
+    self.sample = tf.function(self._sample, input_signature=[
+        tf.TensorSpec([], tf.int32, name='num_samples'),
+        tf.TensorSpec([], tf.float32, name='temperature'),
+        tf.TensorSpec([], tf.int32, name='seed')])
+    self.log_prob = tf.function(self._log_prob, input_signature=[pixels])
+    self.bits_per_dim = tf.function(self._bits_per_dim, input_signature=[
+        image, tf.TensorSpec([], tf.int32, name='seed')])
+    self.encode = tf.function(self._encode, input_signature=[image])
+    self.decode = tf.function(self._decode, input_signature=[latent])
+
+  def _sample(self, num_samples, temperature, seed):
+    with tf.control_dependencies([
+        tf.debugging.assert_non_negative(num_samples, message='num_samples must be >= 0'),
+        tf.debugging.assert_non_negative(temperature, message='temperature must be >= 0')]):
+      images = self._model.sample(num_samples, temperature, seed=seed)
+    return {'images': images}
+
+  def _log_prob(self, pixels):
+    return {'log_prob': self._model.log_prob(pixels)}
+
+  def _bits_per_dim(self, images, seed):
+    return {'bits_per_dim': self._model.bits_per_dim(images, seed=seed)}
+
+  def _encode(self, images):
+    latents = self._model.encode(images)
+    outputs = {f'scale_{i + 1}': z for i, z in enumerate(latents)}
+    outputs['z'] = self._model.merge_latents(latents)
+    return outputs
+
+  def _decode(self, z):
+    return {'images': self._model.decode(z)}
+
+
+def export_saved_model(model, export_dir):
+  """Writes `model` as a SavedModel with the signatures of the module docstring."""
+  module = _ExportModule(model)
+  signatures = {name: getattr(module, name) for name in
+                ('sample', 'log_prob', 'bits_per_dim', 'encode', 'decode')}
+  tf.saved_model.save(module, export_dir, signatures=signatures)
+  with open(os.path.join(export_dir, 'real_nvp_config.json'), 'w') as f:
+    json.dump(json.loads(model.config.to_json()), f, indent=2, sort_keys=True)
+  return export_dir

@@ -1,0 +1,377 @@
+"""Training: the distributed train step, evaluation, checkpoints and the loop.
+
+Everything that draws randomness is a pure function of (seed, step): the
+data order and augmentation (see data.py), the dequantization noise of a step,
+the evaluation noise. Together with the checkpointed weights, optimizer
+slots, step and batch-norm averages, a run restarted from its last checkpoint
+continues exactly as if it had not stopped.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from real_nvp import data, distribute, preprocess, summaries
+from real_nvp.config import FlowConfig
+from real_nvp.model import RealNVP
+
+__all__ = ['TrainConfig', 'Trainer', 'TrainingDiverged', 'WarmupSchedule',
+           'CheckpointMismatch', 'restore_model']
+
+
+class TrainingDiverged(RuntimeError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class CheckpointMismatch(ValueError):
+  """A model directory holds a checkpoint of another architecture."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  train_steps: int = 2000
+  batch_size: int = 64
+  learning_rate: float = 1e-3
+  warmup_steps: int = 0
+  clip_grad_norm: float = 100.
+  weight_decay: float = 5e-5  # L2 on the weight-normalization gains (paper)
+  max_nonfinite: int = 20
+  eval_every: int = 500
+  eval_examples: int = 0  # 0: the whole held-out split
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 5
+  summary_every: int = 50
+  log_every_secs: float = 5.
+  sample_temperatures: tuple = (1.0, 0.7)
+  num_samples: int = 64
+  seed: int = 0
+
+
+@keras.saving.register_keras_serializable('real_nvp')
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then flat."""
+
+  def __init__(self, learning_rate, warmup_steps):
+    self.learning_rate = learning_rate
+    self.warmup_steps = warmup_steps
+
+  def __call__(self, step):
+    if not self.warmup_steps:
+      return tf.constant(self.learning_rate, tf.float32)
+    fraction = tf.cast(step + 1, tf.float32) / float(self.warmup_steps)
+    return self.learning_rate * tf.minimum(1., fraction)
+
+  def get_config(self):
+    return {'learning_rate': self.learning_rate,
+            'warmup_steps': self.warmup_steps}
+
+
+def _config_path(model_dir):
+  return os.path.join(model_dir, 'config.json')
+
+
+def check_config(model_dir, flow_config):
+  """Raises CheckpointMismatch if model_dir holds another architecture."""
+  path = _config_path(model_dir)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    stored = FlowConfig.from_json(f.read())
+  if stored != flow_config:
+    differences = ', '.join(
+        f'{field.name}: checkpoint {getattr(stored, field.name)!r} vs requested '
+        f'{getattr(flow_config, field.name)!r}'
+        for field in dataclasses.fields(FlowConfig)
+        if getattr(stored, field.name) != getattr(flow_config, field.name))
+    raise CheckpointMismatch(
+        f'{model_dir} holds a model of another architecture ({differences}). '
+        'Use another --model_dir, or the same architecture flags.')
+
+
+def restore_model(model_dir, checkpoint=None):
+  """(model, step) from `checkpoint` or the latest in model_dir (inference)."""
+  path = _config_path(model_dir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'No trained model in {model_dir}: {path} is missing.')
+  with open(path) as f:
+    model = RealNVP(FlowConfig.from_json(f.read()))
+  checkpoint = checkpoint or tf.train.latest_checkpoint(model_dir)
+  if checkpoint is None:
+    raise FileNotFoundError(f'No checkpoint (ckpt-*) in {model_dir}.')
+  step = tf.Variable(0, dtype=tf.int64)
+  tf.train.Checkpoint(model=model, step=step).read(checkpoint).expect_partial()
+  return model, int(step.numpy())
+
+
+class Trainer:
+  """Builds model, optimizer and checkpoint under `strategy` and trains."""
+
+  def __init__(self, strategy, source, flow_config, train_config, model_dir):
+    cfg = train_config
+    replicas = strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+      raise ValueError(f'--batch_size={cfg.batch_size} is not divisible by the '
+                       f'{replicas} replicas of the strategy')
+    if tuple(source.image_shape) != flow_config.image_shape:
+      raise ValueError(f'Data set {source.name} has images of shape '
+                       f'{source.image_shape}, the model expects '
+                       f'{flow_config.image_shape}')
+    if source.levels != flow_config.levels:
+      raise ValueError(f'Data set {source.name} has {source.levels} levels, '
+                       f'the model expects {flow_config.levels}')
+    self.strategy, self.source, self.cfg = strategy, source, cfg
+    self.flow_config, self.model_dir = flow_config, model_dir
+    self.is_chief = distribute.is_chief(strategy)
+    check_config(model_dir, flow_config)
+
+    with strategy.scope():
+      self.model = RealNVP(flow_config)
+      self.optimizer = keras.optimizers.Adam(
+          WarmupSchedule(cfg.learning_rate, cfg.warmup_steps))
+      self.optimizer.build(self.model.trainable_variables)
+      self.step = tf.Variable(0, dtype=tf.int64, name='step')
+      self.nonfinite_steps = tf.Variable(0, dtype=tf.int64, name='nonfinite')
+      self.consecutive_nonfinite = tf.Variable(0, dtype=tf.int64,
+                                               name='consecutive_nonfinite')
+    self.checkpoint = tf.train.Checkpoint(
+        model=self.model, optimizer=self.optimizer, step=self.step,
+        nonfinite_steps=self.nonfinite_steps,
+        consecutive_nonfinite=self.consecutive_nonfinite)
+    self._checkpoint_dir = model_dir if self.is_chief else os.path.join(
+        model_dir, f'.worker_{strategy.cluster_resolver.task_id}_tmp')
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, self._checkpoint_dir, max_to_keep=cfg.keep_checkpoints,
+        checkpoint_name='ckpt')
+    self.writers = summaries.SummaryWriters(model_dir, self.is_chief)
+    self._train_step = tf.function(self._train_step_fn)
+    self._eval_step = tf.function(self._eval_step_fn)
+    self._stop_requested = False
+
+  # --- state --------------------------------------------------------------
+
+  def restore(self):
+    """Restores the latest checkpoint, if any; returns the step."""
+    latest = self.manager.latest_checkpoint
+    if latest:
+      try:
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+      except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+        raise CheckpointMismatch(
+            f'Checkpoint {latest} does not match this model: {error}') from None
+      logging.info('Restored %s at step %d', latest, int(self.step.numpy()))
+    elif self.is_chief:
+      os.makedirs(self.model_dir, exist_ok=True)
+      with open(_config_path(self.model_dir), 'w') as f:
+        f.write(self.flow_config.to_json())
+    return int(self.step.numpy())
+
+  def save(self):
+    path = self.manager.save(checkpoint_number=int(self.step.numpy()))
+    if not self.is_chief:
+      shutil.rmtree(self._checkpoint_dir, ignore_errors=True)
+    return path
+
+  # --- steps ---------------------------------------------------------------
+
+  def _replica_loss(self, images, step):
+    """Per-replica training loss; the dequantization noise is drawn for the
+    global batch from (seed, step) and sliced, so it does not depend on how
+    the batch is split across replicas."""
+    context = tf.distribute.get_replica_context()
+    replicas, replica = context.num_replicas_in_sync, context.replica_id_in_sync_group
+    local = tf.shape(images)[0]
+    noise = tf.random.stateless_uniform(
+        tf.concat([[local * replicas], tf.shape(images)[1:]], axis=0),
+        seed=tf.stack([tf.constant(self.cfg.seed, tf.int64), step]))
+    u = preprocess.dequantize(images, self.flow_config.levels,
+                              noise[replica * local:(replica + 1) * local])
+    log_prob = self.model.log_prob(u, training=True)
+    bpd = preprocess.bits_per_dim(log_prob, self.flow_config.num_dims)
+    l2 = tf.add_n([tf.reduce_sum(tf.square(g)) for g in self.model.weight_norm_gains])
+    # Mean over the global batch; the penalty counted once over all replicas.
+    loss = (tf.reduce_sum(bpd) / self.cfg.batch_size +
+            self.cfg.weight_decay * l2 / tf.cast(replicas, tf.float32))
+    return loss, tf.reduce_sum(bpd)
+
+  def _replica_gradients(self, images, step):
+    variables = self.model.trainable_variables
+    with tf.GradientTape() as tape:
+      loss, bpd_sum = self._replica_loss(images, step)
+    grads = tape.gradient(loss, variables)
+    context = tf.distribute.get_replica_context()
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, (grads, bpd_sum))
+
+  def _train_step_fn(self, images):
+    """One optimizer step on a distributed batch; skips non-finite updates."""
+    variables = self.model.trainable_variables
+    statistics = self.model.non_trainable_variables
+    saved_statistics = [tf.identity(v) for v in statistics]
+    grads, bpd_sum = self.strategy.run(
+        self._replica_gradients, args=(images, self.step))
+    grads = [self.strategy.experimental_local_results(g)[0] for g in grads]
+    bpd = self.strategy.experimental_local_results(bpd_sum)[0] / self.cfg.batch_size
+    grad_norm = tf.linalg.global_norm(grads)
+    finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(bpd)
+
+    def apply():
+      clipped, _ = tf.clip_by_global_norm(grads, self.cfg.clip_grad_norm,
+                                          use_norm=grad_norm)
+      self.optimizer.apply_gradients(zip(clipped, variables))
+      self.consecutive_nonfinite.assign(0)
+      return tf.constant(True)
+
+    def skip():
+      for variable, value in zip(statistics, saved_statistics):
+        variable.assign(value)  # Batch-norm averages saw the bad batch.
+      self.nonfinite_steps.assign_add(1)
+      self.consecutive_nonfinite.assign_add(1)
+      return tf.constant(False)
+
+    tf.cond(finite, apply, skip)
+    self.step.assign_add(1)
+    return bpd, grad_norm, finite
+
+  def _eval_step_fn(self, images, batch_index):
+    def replica_fn(images):
+      context = tf.distribute.get_replica_context()
+      seed = tf.stack([tf.constant(self.cfg.seed + 1, tf.int64),
+                       batch_index * 1024 + tf.cast(context.replica_id_in_sync_group, tf.int64)])
+      noise = tf.random.stateless_uniform(tf.shape(images), seed=seed)
+      u = preprocess.dequantize(images, self.flow_config.levels, noise)
+      bpd = preprocess.bits_per_dim(self.model.log_prob(u), self.flow_config.num_dims)
+      return tf.reduce_sum(bpd), tf.cast(tf.size(bpd), tf.float32)
+    sums = self.strategy.run(replica_fn, args=(images,))
+    return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
+
+  # --- public loop ----------------------------------------------------------
+
+  def evaluate(self, num_examples=None):
+    """Held-out bits/dim in inference mode (BN moving averages)."""
+    dataset = self.strategy.distribute_datasets_from_function(
+        lambda ctx: data.eval_dataset(self.source, self.cfg.batch_size,
+                                      num_examples or None, ctx))
+    total, count = 0., 0.
+    for index, images in enumerate(dataset):
+      batch_sum, batch_count = self._eval_step(images, tf.constant(index, tf.int64))
+      total, count = total + float(batch_sum), count + float(batch_count)
+    return total / max(count, 1.)
+
+  def write_samples(self, step):
+    """Sample grids at each temperature: PNG (first temperature) and TensorBoard."""
+    if not self.is_chief:
+      return
+    for i, temperature in enumerate(self.cfg.sample_temperatures):
+      images = self.model.sample(self.cfg.num_samples, temperature,
+                                 seed=self.cfg.seed + step)
+      grid = summaries.image_grid(
+          summaries.to_display(images.numpy(), self.flow_config.levels))
+      self.writers.images('train', step, f'samples/temperature_{temperature:g}', grid)
+      if i == 0:
+        upscale = max(1, 256 // grid.shape[0])
+        summaries.save_png(os.path.join(self.model_dir, 'samples', f'step_{step}.png'),
+                           grid, upscale)
+
+  def _request_stop(self, signum, frame):
+    del frame
+    logging.warning('Received signal %d: saving a checkpoint and stopping.', signum)
+    self._stop_requested = True
+
+  def train(self):
+    """Trains to `train_steps`; returns the final held-out bits/dim (or None
+    if stopped by a signal)."""
+    cfg = self.cfg
+    start = self.restore()
+    previous_handlers = {s: signal.signal(s, self._request_stop)
+                         for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+      self._loop(start)
+    finally:
+      for s, handler in previous_handlers.items():
+        signal.signal(s, handler)
+    if self._stop_requested:
+      return None
+    eval_bpd = self.evaluate(cfg.eval_examples)
+    step = int(self.step.numpy())
+    self.writers.scalars('eval', step, {'bits_per_dim': eval_bpd})
+    logging.info('Step %d: held-out bits/dim %.4f (%s)', step, eval_bpd,
+                 self.source.eval_split_name)
+    return eval_bpd
+
+  def _loop(self, start):
+    cfg = self.cfg
+    dataset = self.strategy.distribute_datasets_from_function(
+        lambda ctx: data.train_dataset(self.source, cfg.batch_size, cfg.seed,
+                                       start, ctx))
+    iterator = iter(dataset)
+    step = start
+    window_bpd, window_norm, window_steps = [], [], 0
+    last_log = last_summary_time = time.time()
+    steps_since_log = 0
+    while step < cfg.train_steps and not self._stop_requested:
+      images = next(iterator)
+      if step == start and self.is_chief:
+        first = self.strategy.experimental_local_results(images)[0]
+        self.writers.images('train', step, 'inputs', summaries.image_grid(
+            summaries.to_display(first.numpy(), self.flow_config.levels)))
+      bpd, grad_norm, finite = self._train_step(images)
+      step += 1
+      steps_since_log += 1
+      window_steps += 1
+      if bool(finite):
+        window_bpd.append(float(bpd))
+        window_norm.append(float(grad_norm))
+      else:
+        logging.warning('Step %d: non-finite loss or gradient (bits/dim %s, '
+                        'grad norm %s); update skipped.', step, float(bpd),
+                        float(grad_norm))
+        if int(self.consecutive_nonfinite.numpy()) >= cfg.max_nonfinite:
+          raise TrainingDiverged(
+              f'{cfg.max_nonfinite} consecutive non-finite steps up to step '
+              f'{step}; stopping. The last good checkpoint is '
+              f'{self.manager.latest_checkpoint}. Try a lower --learning_rate, '
+              '--warmup_steps or --clip_grad_norm.')
+      now = time.time()
+      if now - last_log >= cfg.log_every_secs or step == cfg.train_steps:
+        rate = steps_since_log * cfg.batch_size / (now - last_log)
+        eta = (cfg.train_steps - step) * cfg.batch_size / max(rate, 1e-9)
+        logging.info('step %d/%d  bits/dim %.4f  %.1f img/s  ETA %s', step,
+                     cfg.train_steps, np.mean(window_bpd) if window_bpd else math.nan,
+                     rate, _format_seconds(eta))
+        last_log, steps_since_log = now, 0
+      if step % cfg.summary_every == 0 or step == cfg.train_steps:
+        self.writers.scalars('train', step, {
+            'bits_per_dim': np.mean(window_bpd) if window_bpd else math.nan,
+            'grad_norm': np.mean(window_norm) if window_norm else math.nan,
+            'learning_rate': float(self.optimizer.learning_rate),
+            'images_per_sec': window_steps * cfg.batch_size / (now - last_summary_time),
+            'nonfinite_steps': int(self.nonfinite_steps.numpy()),
+        })
+        window_bpd, window_norm, window_steps = [], [], 0
+        last_summary_time = time.time()
+      if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
+        self.save()
+      if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.train_steps:
+        eval_bpd = self.evaluate(cfg.eval_examples)
+        self.writers.scalars('eval', step, {'bits_per_dim': eval_bpd})
+        logging.info('step %d: held-out bits/dim %.4f', step, eval_bpd)
+        self.write_samples(step)
+    if self._stop_requested:
+      self.save()
+      logging.info('Stopped at step %d; checkpoint saved. Run again to resume.',
+                   step)
+    else:
+      self.write_samples(step)
+
+
+def _format_seconds(seconds):
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s'
