@@ -106,12 +106,14 @@ class RealNVP(keras.Model):
     batch norm in the data -> latent direction.
     """
     inner = None
-    for steps in reversed(self.scales):
+    for index in reversed(range(len(self.scales))):
+      steps = self.scales[index]
       parts = [FlowLayerBijector(layer, training) for layer in steps]
       if inner is not None:
         squeeze = next(layer for layer in steps if isinstance(layer, Squeeze))
-        parts += [FactorOut(inner), tfb.Invert(FlowLayerBijector(squeeze))]
-      inner = tfb.Chain(parts)
+        parts += [FactorOut(inner, name=f'scale{index}_factor_out'),
+                  tfb.Invert(FlowLayerBijector(squeeze), name=f'scale{index}_unsqueeze')]
+      inner = tfb.Chain(parts, name=f'scale{index}')
     return tfb.Chain([FlowLayerBijector(self.preprocess, training), inner],
                      name='real_nvp')
 
