@@ -18,14 +18,16 @@ def get_strategy(name):
   """
   if name not in STRATEGIES:
     raise ValueError(f'--strategy must be one of {STRATEGIES}; got {name!r}')
-  gpus = tf.config.list_logical_devices('GPU')
-  if name == 'mirrored':
+  if name == 'multi_worker':
+    # Must come before anything initializes the eager context (listing
+    # devices does).
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name in ('mirrored', 'one_device'):
+    gpus = tf.config.list_logical_devices('GPU')
+    if name == 'one_device':
+      return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else '/cpu:0')
     devices = gpus or tf.config.list_logical_devices('CPU')
     return tf.distribute.MirroredStrategy([d.name for d in devices])
-  if name == 'one_device':
-    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else '/cpu:0')
-  if name == 'multi_worker':
-    return tf.distribute.MultiWorkerMirroredStrategy()
   resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
   tf.config.experimental_connect_to_cluster(resolver)
   tf.tpu.experimental.initialize_tpu_system(resolver)

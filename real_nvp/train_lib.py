@@ -133,6 +133,7 @@ class Trainer:
     self.is_chief = distribute.is_chief(strategy)
     check_config(model_dir, flow_config)
 
+    keras.utils.set_random_seed(cfg.seed)  # Reproducible initial weights.
     with strategy.scope():
       self.model = RealNVP(flow_config)
       self.optimizer = keras.optimizers.Adam(

@@ -1,0 +1,74 @@
+"""Run as a subprocess by test_train.py: distributed training checks that need
+a fresh TensorFlow (logical devices, TF_CONFIG).
+
+  python distributed_helper.py replicas OUT.json   2 replicas vs one device
+  python distributed_helper.py worker OUT.npz DIR  one worker of TF_CONFIG's cluster
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from real_nvp import data, distribute, preset  # noqa: E402
+from real_nvp.train_lib import TrainConfig, Trainer  # noqa: E402
+
+CONFIG = preset('digits', num_blocks=1, feature_maps=8)
+
+
+def _weights(trainer):
+  return [v.numpy() for v in trainer.model.variables]
+
+
+def _train(strategy, model_dir, steps, batch_size=16):
+  source = data.load_dataset('digits')
+  config = TrainConfig(train_steps=steps, batch_size=batch_size, eval_every=0,
+                       eval_examples=64, checkpoint_every=steps, num_samples=4,
+                       seed=3, log_every_secs=1000.)
+  return Trainer(strategy, source, CONFIG, config, model_dir), source
+
+
+def replicas(out):
+  cpu = tf.config.list_physical_devices('CPU')[0]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+  results = {}
+  runs = {}
+  for name in ('mirrored', 'one_device'):
+    strategy = distribute.get_strategy(name)
+    trainer, source = _train(strategy, os.path.join(os.path.dirname(out), name), 3)
+    dataset = iter(strategy.distribute_datasets_from_function(
+        lambda ctx: data.train_dataset(source, 16, 3, 0, ctx)))
+    losses = [float(trainer._train_step(next(dataset))[0]) for _ in range(3)]
+    runs[name] = (losses, _weights(trainer), strategy.num_replicas_in_sync)
+  (loss_a, weights_a, n_a), (loss_b, weights_b, n_b) = runs['mirrored'], runs['one_device']
+  results['replicas'] = [n_a, n_b]
+  results['losses'] = [loss_a, loss_b]
+  results['max_weight_difference'] = max(
+      float(np.max(np.abs(a - b))) for a, b in zip(weights_a, weights_b))
+  results['max_weight_change'] = max(
+      float(np.max(np.abs(a))) for a in weights_a)
+  try:
+    _train(distribute.get_strategy('mirrored'), os.path.dirname(out) + '/odd', 1,
+           batch_size=15)
+    results['odd_batch_error'] = None
+  except ValueError as error:
+    results['odd_batch_error'] = str(error)
+  with open(out, 'w') as f:
+    json.dump(results, f)
+
+
+def worker(out, model_dir):
+  strategy = distribute.get_strategy('multi_worker')
+  trainer, _ = _train(strategy, model_dir, 4)
+  trainer.train()
+  np.savez(out, *_weights(trainer))
+
+
+if __name__ == '__main__':
+  {'replicas': replicas, 'worker': worker}[sys.argv[1]](*sys.argv[2:])

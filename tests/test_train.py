@@ -1,0 +1,188 @@
+"""Training: learning on the digits, stability, resume, distribution, CLI errors."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from real_nvp import data, distribute, preset
+from real_nvp.train_lib import TrainConfig, Trainer, TrainingDiverged
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = ['--num_blocks=1', '--feature_maps=8', '--batch_size=16',
+              '--eval_examples=64', '--num_samples=4', '--log_every_secs=0']
+
+
+def _env():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_DETERMINISTIC_OPS='1',
+             PYTHONUNBUFFERED='1')
+  env.pop('TF_CONFIG', None)
+  return env
+
+
+def _run_train(*args, check=True):
+  result = subprocess.run([sys.executable, 'train.py', *args], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=600)
+  if check:
+    assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def _trainer(tmp_path, steps, learning_rate=1e-3, **flow):
+  source = data.load_dataset('digits')
+  config = TrainConfig(train_steps=steps, batch_size=64, eval_every=0,
+                       checkpoint_every=steps, learning_rate=learning_rate,
+                       num_samples=16, log_every_secs=30.)
+  flow_config = preset('digits', **{'num_blocks': 1, 'feature_maps': 16, **flow})
+  return Trainer(distribute.get_strategy('mirrored'), source, flow_config,
+                 config, str(tmp_path))
+
+
+def test_training_on_digits_beats_the_uniform_baseline(tmp_path):
+  trainer = _trainer(tmp_path, 300)
+  held_out = trainer.train()
+  # Uniform over 17 levels: log2(17) = 4.09 bits/dim.
+  assert held_out < 2.6, held_out
+  assert os.path.exists(tmp_path / 'samples' / 'step_300.png')
+
+
+def test_high_learning_rate_stays_finite(tmp_path):
+  trainer = _trainer(tmp_path, 100, learning_rate=0.05)
+  held_out = trainer.train()
+  assert np.isfinite(held_out)
+  assert all(np.all(np.isfinite(v.numpy())) for v in trainer.model.variables)
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
+  _trainer(tmp_path, 5).train()  # leaves the good checkpoint ckpt-5
+  trainer = _trainer(tmp_path, 50)
+  trainer.cfg.max_nonfinite = 3
+  restore = trainer.restore
+  statistics = []
+
+  def restore_then_poison():
+    step = restore()
+    statistics.extend(v.numpy().copy() for v in trainer.model.non_trainable_variables)
+    gain = trainer.model.weight_norm_gains[0]
+    gain.assign(np.full(gain.shape, np.nan, np.float32))
+    return step
+
+  trainer.restore = restore_then_poison
+  with pytest.raises(TrainingDiverged, match='3 consecutive non-finite steps'):
+    trainer.train()
+  assert int(trainer.nonfinite_steps.numpy()) == 3
+  for before, variable in zip(statistics, trainer.model.non_trainable_variables):
+    np.testing.assert_array_equal(variable.numpy(), before)
+  assert trainer.manager.latest_checkpoint.endswith('ckpt-5')
+
+
+def _checkpoint_values(path):
+  reader = tf.train.load_checkpoint(path)
+  return {name: reader.get_tensor(name)
+          for name in reader.get_variable_to_shape_map()
+          if not name.startswith(('_CHECKPOINTABLE_OBJECT_GRAPH', 'save_counter'))}
+
+
+def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
+  steps = ['--train_steps=30', '--checkpoint_every=1000', '--eval_every=0']
+  _run_train(*TINY_FLAGS, *steps, f'--model_dir={tmp_path}/full')
+
+  interrupted = str(tmp_path / 'interrupted')
+  process = subprocess.Popen(
+      [sys.executable, 'train.py', *TINY_FLAGS, *steps, f'--model_dir={interrupted}'],
+      cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
+  for line in process.stderr:
+    if 'step 12/30' in line:
+      process.send_signal(signal.SIGTERM)
+      break
+  process.communicate(timeout=300)
+  assert process.returncode == 0
+  stopped_at = int(tf.train.latest_checkpoint(interrupted).rsplit('-', 1)[1])
+  assert 12 <= stopped_at < 30
+  _run_train(*TINY_FLAGS, *steps, f'--model_dir={interrupted}')
+
+  full = _checkpoint_values(f'{tmp_path}/full/ckpt-30')
+  resumed = _checkpoint_values(f'{interrupted}/ckpt-30')
+  assert full.keys() == resumed.keys()
+  for name in full:
+    np.testing.assert_array_equal(resumed[name], full[name], err_msg=name)
+
+
+def test_two_replicas_match_one_device(tmp_path):
+  out = tmp_path / 'out.json'
+  subprocess.run([sys.executable, 'tests/distributed_helper.py', 'replicas', str(out)],
+                 cwd=ROOT, env=_env(), check=True, timeout=600)
+  results = json.loads(out.read_text())
+  assert results['replicas'] == [2, 1]
+  np.testing.assert_allclose(*results['losses'], rtol=1e-5)
+  # Adam's first steps move each weight by about the learning rate (1e-3);
+  # the replicas must agree to a small fraction of that.
+  assert results['max_weight_difference'] < 3e-4
+  assert 'not divisible by the 2 replicas' in results['odd_batch_error']
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_multi_worker_training_agrees(tmp_path):
+  ports = [_free_port(), _free_port()]
+  cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
+  processes = []
+  for index in range(2):
+    env = dict(_env(), TF_CONFIG=json.dumps(
+        {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
+    processes.append(subprocess.Popen(
+        [sys.executable, 'tests/distributed_helper.py', 'worker',
+         str(tmp_path / f'w{index}.npz'), str(tmp_path / 'run')],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  for p in processes:
+    output, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, output[-3000:]
+  a, b = np.load(tmp_path / 'w0.npz'), np.load(tmp_path / 'w1.npz')
+  for key in a.files:
+    np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7)
+  assert tf.train.latest_checkpoint(str(tmp_path / 'run')).endswith('ckpt-4')
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--dataset=cifar100', 'Unknown data set'),
+    ('--dataset=folder:/nonexistent/images', 'no such folder'),
+    ('--dataset=cifar10', 'tfds build cifar10'),
+    ('--strategy=gpus', "value should be one of"),
+])
+def test_bad_flags_give_one_clear_error(tmp_path, flag, message):
+  result = _run_train(flag, f'--data_dir={tmp_path}', f'--model_dir={tmp_path}/run',
+                      check=False)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_architecture_mismatch_is_named(tmp_path):
+  _run_train(*TINY_FLAGS, '--train_steps=2', '--eval_every=0',
+             f'--model_dir={tmp_path}')
+  result = _run_train(*TINY_FLAGS, '--train_steps=4', '--feature_maps=16',
+                      f'--model_dir={tmp_path}', check=False)
+  assert result.returncode != 0
+  assert 'feature_maps: checkpoint 8 vs requested 16' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_smoke_run_writes_the_model_directory_layout(tmp_path):
+  result = _run_train('--flagfile=flags/smoke.cfg', f'--model_dir={tmp_path}')
+  assert 'Held-out bits/dim' in result.stdout
+  names = os.listdir(tmp_path)
+  assert 'ckpt-20.index' in names and 'config.json' in names
+  for folder in ('train', 'eval', 'samples', 'saved_model'):
+    assert folder in names
+  assert os.listdir(tmp_path / 'train') and os.listdir(tmp_path / 'eval')
+  assert {'step_10.png', 'step_20.png'} <= set(os.listdir(tmp_path / 'samples'))
