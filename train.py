@@ -6,6 +6,7 @@ Writes to --model_dir: ckpt-* checkpoints, train/ and eval/ TensorBoard
 logs, samples/step_N.png and saved_model/. Restarting resumes exactly.
 """
 
+import json
 import os
 import sys
 
@@ -18,6 +19,16 @@ cli_flags.define_flags()
 FLAGS = flags.FLAGS
 
 
+def _save_run_settings(model_dir):
+  """The resolved flags, and the data settings eval.py reads back."""
+  os.makedirs(model_dir, exist_ok=True)
+  FLAGS.append_flags_into_file(os.path.join(model_dir, 'flags.txt'))
+  settings = {name: FLAGS[name].value for name in
+              ('dataset', 'data_dir', 'image_size', 'image_channels')}
+  with open(os.path.join(model_dir, 'data.json'), 'w') as f:
+    json.dump(settings, f, indent=2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -28,6 +39,8 @@ def main(argv):
     model_dir = cli_flags.model_dir()
     trainer = Trainer(strategy, source, cli_flags.flow_config(source),
                       cli_flags.train_config(), model_dir)
+    if trainer.is_chief:
+      _save_run_settings(model_dir)
     logging.info('Training on %s %s (%d levels) with %d replica(s) into %s',
                  source.name, source.image_shape, source.levels,
                  strategy.num_replicas_in_sync, model_dir)

@@ -15,7 +15,7 @@ from real_nvp import data, distribute, preset
 from real_nvp.train_lib import TrainConfig, Trainer, TrainingDiverged
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_FLAGS = ['--num_blocks=1', '--feature_maps=8', '--batch_size=16',
+TINY_FLAGS = ['--num_scales=1', '--num_blocks=1', '--feature_maps=8', '--batch_size=16',
               '--eval_examples=64', '--num_samples=4', '--log_every_secs=0']
 
 
@@ -168,8 +168,8 @@ def test_bad_flags_give_one_clear_error(tmp_path, flag, message):
 
 
 def test_architecture_mismatch_is_named(tmp_path):
-  _run_train(*TINY_FLAGS, '--train_steps=2', '--eval_every=0',
-             f'--model_dir={tmp_path}')
+  stored = preset('digits', num_scales=1, num_blocks=1, feature_maps=8)
+  (tmp_path / 'config.json').write_text(stored.to_json())
   result = _run_train(*TINY_FLAGS, '--train_steps=4', '--feature_maps=16',
                       f'--model_dir={tmp_path}', check=False)
   assert result.returncode != 0

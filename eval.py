@@ -1,0 +1,110 @@
+"""Evaluates a trained Real NVP, makes the paper's figures, exports a SavedModel.
+
+    python eval.py --model_dir=runs/digits
+    python eval.py --model_dir=runs/cifar10 --dequant_samples=4 --watch
+    python eval.py --model_dir=runs/digits --export_dir=/tmp/real_nvp_digits
+
+Writes {model_dir}/eval_results.json, the eval/ TensorBoard scalar
+`bits_per_dim` and {model_dir}/figures/*.png.
+"""
+
+import json
+import os
+import sys
+
+import tensorflow as tf
+from absl import app, flags, logging
+
+from real_nvp import cli_flags, data, evaluation, export, figures, summaries
+from real_nvp.train_lib import restore_model
+
+cli_flags.define_flags()
+flags.DEFINE_enum('split', 'eval', ['eval', 'train'],
+                  'Which split: the held-out one (test or validation) or train.')
+flags.DEFINE_string('checkpoint', None, 'Checkpoint path; default: the latest.')
+flags.DEFINE_integer('dequant_samples', 1, 'Uniform-noise draws per image.')
+flags.DEFINE_bool('watch', False, 'Evaluate each new checkpoint until --watch_timeout.')
+flags.DEFINE_integer('watch_timeout', 3600, 'Seconds to wait for a new checkpoint.')
+flags.DEFINE_string('export_dir', None, 'Also export a SavedModel here.')
+flags.DEFINE_list('temperatures', ['1.0', '0.9', '0.7', '0.5'],
+                  'Temperatures of the sample figures.')
+flags.DEFINE_bool('figures', True, 'Write the figures.')
+FLAGS = flags.FLAGS
+
+_DATA_FLAGS = ('dataset', 'data_dir', 'image_size', 'image_channels')
+
+
+def _data_source(model_dir):
+  """The training run's data set (data.json), unless flags name another."""
+  settings = {name: FLAGS[name].value for name in _DATA_FLAGS}
+  path = os.path.join(model_dir, 'data.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    settings.update({k: v for k, v in stored.items() if not FLAGS[k].present})
+  source = data.load_dataset(settings['dataset'], settings['data_dir'],
+                             settings['image_size'], settings['image_channels'])
+  if FLAGS.split == 'train':
+    source.eval, source.eval_split_name = source.train, 'train'
+  return source
+
+
+def _write_figures(model, source, model_dir, step):
+  writers = summaries.SummaryWriters(model_dir, enabled=True)
+  held_out = next(iter(data.eval_dataset(source, 8)))
+  pictures = {f'samples_t{float(t):g}': figures.sample_grid(model, float(t), seed=FLAGS.seed)
+              for t in FLAGS.temperatures}
+  if held_out.shape[0] >= 4:
+    pictures['manifold'] = figures.manifold(model, held_out)
+  pictures['resample_fine_scales'] = figures.scale_resampling(
+      model, held_out[0], seed=FLAGS.seed, keep='coarse')
+  pictures['resample_coarse_scales'] = figures.scale_resampling(
+      model, held_out[0], seed=FLAGS.seed, keep='fine')
+  pictures['reconstructions'] = figures.reconstructions(model, held_out)
+  for name, grid in pictures.items():
+    upscale = max(1, 512 // max(grid.shape[:2]))
+    summaries.save_png(os.path.join(model_dir, 'figures', f'{name}.png'), grid, upscale)
+    writers.images('eval', step, f'figures/{name}', grid)
+
+
+def _evaluate(model_dir, checkpoint):
+  model, step = restore_model(model_dir, checkpoint)
+  source = _data_source(model_dir)
+  results = evaluation.bits_per_dim_statistics(
+      model, source, num_examples=FLAGS.eval_examples or None,
+      dequant_samples=FLAGS.dequant_samples, seed=FLAGS.seed)
+  results.update(dequant_samples=FLAGS.dequant_samples, checkpoint_step=step,
+                 checkpoint=checkpoint or tf.train.latest_checkpoint(model_dir),
+                 dataset=source.name, split=source.eval_split_name)
+  with open(os.path.join(model_dir, 'eval_results.json'), 'w') as f:
+    json.dump(results, f, indent=2)
+  summaries.SummaryWriters(model_dir, enabled=True).scalars(
+      'eval', step, {'bits_per_dim': results['bits_per_dim']})
+  print(f"{source.name} {source.eval_split_name}: {results['bits_per_dim']:.4f} "
+        f"± {results['std_error']:.4f} bits/dim over {results['num_examples']} "
+        f"images × {FLAGS.dequant_samples} dequantization draw(s), step {step}")
+  if FLAGS.figures:
+    _write_figures(model, source, model_dir, step)
+  if FLAGS.export_dir:
+    export.export_saved_model(model, FLAGS.export_dir)
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  model_dir = cli_flags.model_dir()
+  try:
+    if not FLAGS.watch:
+      _evaluate(model_dir, FLAGS.checkpoint)
+      return
+    for checkpoint in tf.train.checkpoints_iterator(model_dir, timeout=FLAGS.watch_timeout):
+      logging.info('Evaluating %s', checkpoint)
+      _evaluate(model_dir, checkpoint)
+  except (data.DataError, FileNotFoundError, ValueError) as error:
+    logging.error('%s', error)
+    sys.exit(f'Error: {error}')
+
+
+if __name__ == '__main__':
+  app.run(main)
