@@ -1,0 +1,177 @@
+"""eval.py, the figures and the SavedModel (loaded without this project)."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from real_nvp import data, distribute, evaluation, export, figures, preset
+from real_nvp.train_lib import TrainConfig, Trainer, restore_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A tiny model trained for a few steps on the digits: (model_dir, model)."""
+  model_dir = str(tmp_path_factory.mktemp('run'))
+  source = data.load_dataset('digits')
+  config = TrainConfig(train_steps=30, batch_size=32, eval_every=0,
+                       checkpoint_every=30, eval_examples=64, num_samples=4,
+                       log_every_secs=100.)
+  trainer = Trainer(distribute.get_strategy('one_device'), source,
+                    preset('digits', num_blocks=1, feature_maps=8), config, model_dir)
+  trainer.train()
+  model, step = restore_model(model_dir)
+  assert step == 30
+  return model_dir, model
+
+
+def test_restored_model_equals_trained_weights(trained):
+  model_dir, model = trained
+  images = data.load_dataset('digits').eval.images[:8]
+  again, _ = restore_model(model_dir)
+  np.testing.assert_array_equal(model.bits_per_dim(images), again.bits_per_dim(images))
+
+
+def test_std_error_shrinks_with_more_dequantization_draws(trained):
+  _, model = trained
+  source = data.load_dataset('digits')
+  one = evaluation.bits_per_dim_statistics(model, source, num_examples=64)
+  four = evaluation.bits_per_dim_statistics(model, source, num_examples=64,
+                                            dequant_samples=4)
+  more = evaluation.bits_per_dim_statistics(model, source)
+  assert one['num_examples'] == 64 and more['num_examples'] == 180
+  assert four['std_error'] < one['std_error']
+  assert more['std_error'] < one['std_error']
+  assert abs(four['bits_per_dim'] - one['bits_per_dim']) < 3 * one['std_error']
+
+
+def test_manifold_at_zero_angles_is_the_first_example(trained):
+  _, model = trained
+  images = data.load_dataset('digits').eval.images[:4]
+  z = model.merge_latents(model.encode(images))
+  grid = figures.manifold_latents(z, [0., 0.3], [0., 0.5, 1.0])
+  assert grid.shape == (6,) + z.shape[1:]
+  np.testing.assert_allclose(grid[0], z[0], atol=1e-6)
+  reconstruction = model.decode(model.encode(images[:1]))
+  np.testing.assert_array_equal(model.decode(grid[:1]), reconstruction)
+  np.testing.assert_array_equal(reconstruction, images[:1])
+
+
+def test_figures_have_the_expected_layout(trained):
+  _, model = trained
+  images = data.load_dataset('digits').eval.images[:4]
+  rows = figures.scale_resampling(model, images[0], num_columns=3)
+  # One row per scale (2), 3 columns of 8x8 images with 1-pixel padding.
+  assert rows.shape == (2 * 9 + 1, 3 * 9 + 1, 1)
+  both = figures.reconstructions(model, images)
+  assert both.shape == (2 * 9 + 1, 4 * 9 + 1, 1)
+  np.testing.assert_array_equal(both[1:9], both[10:18])  # originals == reconstructions
+
+
+def test_eval_py_writes_results_figures_and_export(trained, tmp_path):
+  model_dir, model = trained
+  export_dir = tmp_path / 'exported'
+  result = subprocess.run(
+      [sys.executable, 'eval.py', f'--model_dir={model_dir}', '--dequant_samples=2',
+       '--eval_examples=100', f'--export_dir={export_dir}', '--temperatures=1.0,0.5'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'bits/dim over 100 images' in result.stdout
+  with open(os.path.join(model_dir, 'eval_results.json')) as f:
+    results = json.load(f)
+  for key in ('bits_per_dim', 'std_error', 'num_examples', 'dequant_samples',
+              'checkpoint_step', 'dataset', 'split'):
+    assert key in results
+  assert np.isfinite(results['bits_per_dim']) and np.isfinite(results['std_error'])
+  assert (results['num_examples'], results['dequant_samples'],
+          results['checkpoint_step']) == (100, 2, 30)
+  names = set(os.listdir(os.path.join(model_dir, 'figures')))
+  assert {'samples_t1.png', 'samples_t0.5.png', 'manifold.png', 'reconstructions.png',
+          'resample_fine_scales.png', 'resample_coarse_scales.png'} <= names
+  for name in names:
+    with open(os.path.join(model_dir, 'figures', name), 'rb') as f:
+      Image.open(io.BytesIO(f.read())).load()
+  assert os.path.exists(export_dir / 'saved_model.pb')
+
+
+def test_eval_py_without_a_model_fails_clearly(tmp_path):
+  result = subprocess.run([sys.executable, 'eval.py', f'--model_dir={tmp_path}'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert 'No trained model' in result.stderr and 'Traceback' not in result.stderr
+
+
+_LOADER = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    export_dir, expected_path = sys.argv[1], sys.argv[2]
+    expected = json.load(open(expected_path))
+    model = tf.saved_model.load(export_dir)
+    out = {}
+    a = model.sample(num_samples=5, temperature=0.8, seed=7)['images']
+    b = model.sample(num_samples=5, temperature=0.8, seed=7)['images']
+    out['sample'] = [list(a.shape), a.dtype.name, int(tf.reduce_max(a)), bool(tf.reduce_all(a == b))]
+    images = tf.constant(np.array(expected['images'], np.uint8))
+    pixels = tf.constant(np.array(expected['pixels'], np.float32))
+    out['log_prob'] = model.log_prob(pixels=pixels)['log_prob'].numpy().tolist()
+    out['bits_per_dim'] = model.bits_per_dim(images=images, seed=3)['bits_per_dim'].numpy().tolist()
+    encoded = model.encode(images=images)
+    out['round_trip'] = bool(tf.reduce_all(model.decode(z=encoded['z'])['images'] == images))
+    out['scales'] = sorted(k for k in encoded if k.startswith('scale_'))
+    errors = {}
+    bad = {'rank': lambda: model.bits_per_dim(images=tf.zeros((8, 8, 1), tf.uint8), seed=0),
+           'shape': lambda: model.bits_per_dim(images=tf.zeros((2, 4, 4, 1), tf.uint8), seed=0),
+           'dtype': lambda: model.bits_per_dim(images=tf.zeros((2, 8, 8, 1), tf.float32), seed=0),
+           'range': lambda: model.bits_per_dim(images=tf.fill((2, 8, 8, 1), tf.constant(200, tf.uint8)), seed=0),
+           'pixels': lambda: model.log_prob(pixels=tf.fill((1, 8, 8, 1), 17.0))}
+    for name, call in bad.items():
+      try:
+        call()
+        errors[name] = None
+      except Exception as error:
+        errors[name] = str(error)[:2000]
+    out['errors'] = errors
+    out['modules'] = sorted(m for m in sys.modules if m.startswith(('real_nvp', 'tensorflow_probability')))
+    print(json.dumps(out))
+    ''')
+
+
+def test_saved_model_loads_and_scores_without_the_project(trained, tmp_path):
+  _, model = trained
+  export_dir = str(tmp_path / 'saved_model')
+  export.export_saved_model(model, export_dir)
+  images = data.load_dataset('digits').eval.images[:6]
+  pixels = images.astype(np.float32) + 0.25
+  expected = {'images': images.tolist(), 'pixels': pixels.tolist()}
+  (tmp_path / 'expected.json').write_text(json.dumps(expected))
+  (tmp_path / 'load.py').write_text(_LOADER)
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  result = subprocess.run([sys.executable, 'load.py', export_dir, 'expected.json'],
+                          cwd=tmp_path, env=dict(env, TF_CPP_MIN_LOG_LEVEL='2'),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert out['modules'] == []
+  assert out['sample'] == [[5, 8, 8, 1], 'uint8', out['sample'][2], True]
+  assert out['sample'][2] <= 16
+  np.testing.assert_allclose(out['log_prob'], model.log_prob(pixels), rtol=1e-4)
+  np.testing.assert_allclose(out['bits_per_dim'], model.bits_per_dim(images, seed=3),
+                             rtol=1e-4)
+  assert out['round_trip'] and out['scales'] == ['scale_1', 'scale_2']
+  errors = out['errors']
+  assert 'TensorSpec(shape=(None, 8, 8, 1), dtype=tf.uint8' in errors['rank']
+  assert 'TensorSpec(shape=(None, 8, 8, 1)' in errors['shape']
+  assert 'dtype=tf.uint8' in errors['dtype']
+  assert 'images must be < levels=17' in errors['range']
+  assert 'pixels must be < levels=17' in errors['pixels']
