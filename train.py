@@ -22,7 +22,8 @@ FLAGS = flags.FLAGS
 def _save_run_settings(model_dir):
   """The resolved flags, and the data settings eval.py reads back."""
   os.makedirs(model_dir, exist_ok=True)
-  FLAGS.append_flags_into_file(os.path.join(model_dir, 'flags.txt'))
+  with open(os.path.join(model_dir, 'flags.txt'), 'w') as f:
+    f.write(FLAGS.flags_into_string())
   settings = {name: FLAGS[name].value for name in
               ('dataset', 'data_dir', 'image_size', 'image_channels')}
   with open(os.path.join(model_dir, 'data.json'), 'w') as f:

@@ -44,6 +44,10 @@ def define_flags():
                      'L2 coefficient on the weight-normalization gains.')
   flags.DEFINE_integer('max_nonfinite', defaults.max_nonfinite,
                        'Stop after this many consecutive non-finite steps.')
+  flags.DEFINE_enum('mixed_precision', None, ['bfloat16', 'float16'],
+                    'Compute dtype of the s/t networks (GPUs/TPUs); the flow, '
+                    'log-dets and likelihood stay float32.')
+  flags.DEFINE_bool('xla', False, 'jit_compile the per-replica forward/backward pass.')
   # Monitoring and checkpoints.
   flags.DEFINE_integer('eval_every', 500, 'Evaluate held-out bits/dim every N steps.')
   flags.DEFINE_integer('eval_examples', defaults.eval_examples,
@@ -112,7 +116,8 @@ def train_config(flag_values=flags.FLAGS):
       summary_every=flag_values.summary_every,
       log_every_secs=flag_values.log_every_secs,
       sample_temperatures=tuple(float(t) for t in flag_values.sample_temperatures),
-      num_samples=flag_values.num_samples, seed=flag_values.seed)
+      num_samples=flag_values.num_samples, seed=flag_values.seed,
+      jit_compile=flag_values.xla, mixed_precision=flag_values.mixed_precision)
 
 
 def model_dir(flag_values=flags.FLAGS):

@@ -50,9 +50,12 @@ class RealNVP(keras.Model):
     synchronized_batch_norm: global batch statistics in the s/t networks'
       batch norms; default: True when built inside a strategy of several
       replicas. (Flow batch norms always use global statistics.)
+    st_dtype: dtype policy of the s/t networks, e.g. 'mixed_bfloat16' or
+      'mixed_float16'; the flow, its log-dets and the prior stay float32.
   """
 
-  def __init__(self, config, synchronized_batch_norm=None, **kwargs):
+  def __init__(self, config, synchronized_batch_norm=None, st_dtype=None,
+               **kwargs):
     super().__init__(**kwargs)
     if not isinstance(config, FlowConfig):
       raise TypeError(f'`config` must be a FlowConfig. Received: {config!r}')
@@ -60,6 +63,7 @@ class RealNVP(keras.Model):
     if synchronized_batch_norm is None:
       synchronized_batch_norm = _uses_several_replicas()
     self._synchronized_batch_norm = synchronized_batch_norm
+    self._st_dtype = st_dtype
     self.preprocess = preprocess.LogitPreprocess(
         config.levels, config.alpha, name='preprocess')
     self.scales = [self._make_scale(i) for i in range(config.num_scales)]
@@ -74,7 +78,7 @@ class RealNVP(keras.Model):
           mask_type, parity=k % 2, num_blocks=self.config.num_blocks,
           feature_maps=feature_maps, bn_momentum=self.config.bn_momentum,
           synchronized_batch_norm=self._synchronized_batch_norm,
-          name=f'{prefix}_{mask_type}{k}'))
+          st_dtype=self._st_dtype, name=f'{prefix}_{mask_type}{k}'))
       if self.config.flow_batch_norm:
         steps.append(FlowBatchNorm(
             momentum=self.config.bn_momentum, lag=self.config.bn_lag,
@@ -246,12 +250,13 @@ class RealNVP(keras.Model):
 
   def get_config(self):
     return {'config': self.config.to_json(),
-            'synchronized_batch_norm': self._synchronized_batch_norm}
+            'synchronized_batch_norm': self._synchronized_batch_norm,
+            'st_dtype': self._st_dtype}
 
   @classmethod
   def from_config(cls, config):
     return cls(FlowConfig.from_json(config['config']),
-               config['synchronized_batch_norm'])
+               config['synchronized_batch_norm'], config.get('st_dtype'))
 
 
 def _stateless_seed(seed):

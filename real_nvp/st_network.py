@@ -64,7 +64,10 @@ class STNetwork(keras.layers.Layer):
   The last convolution is zero-initialized, so s = t = 0 and every coupling
   starts as the identity. `synchronized_batch_norm` makes the batch-norm
   statistics global across replicas (needed for replica-count-independent
-  training under tf.distribute).
+  training under tf.distribute). With a mixed dtype policy (`dtype=
+  'mixed_bfloat16'`) the network computes in low precision and returns s and
+  t in the variable dtype (float32), so the coupling and its log-det stay in
+  float32.
   """
 
   def __init__(self, out_channels, num_blocks, feature_maps, bn_momentum=0.95,
@@ -82,34 +85,38 @@ class STNetwork(keras.layers.Layer):
   def _batch_norm(self, name):
     return keras.layers.BatchNormalization(
         momentum=self.bn_momentum, epsilon=1e-4,
-        synchronized=self.synchronized_batch_norm, name=name)
+        synchronized=self.synchronized_batch_norm, name=name,
+        dtype=self.dtype_policy)
+
+  def _conv(self, filters, name, zero_init=False):
+    return WeightNormConv2D(filters, zero_init=zero_init, name=name,
+                            dtype=self.dtype_policy)
 
   def build(self, input_shape):
-    self.in_conv = WeightNormConv2D(self.feature_maps, name='in_conv')
+    self.in_conv = self._conv(self.feature_maps, 'in_conv')
     self.blocks = []
     for i in range(self.num_blocks):
       self.blocks.append([
           self._batch_norm(f'block{i}_bn0'),
-          WeightNormConv2D(self.feature_maps, name=f'block{i}_conv0'),
+          self._conv(self.feature_maps, f'block{i}_conv0'),
           self._batch_norm(f'block{i}_bn1'),
-          WeightNormConv2D(self.feature_maps, name=f'block{i}_conv1'),
+          self._conv(self.feature_maps, f'block{i}_conv1'),
       ])
     self.out_bn = self._batch_norm('out_bn')
-    self.out_conv = WeightNormConv2D(
-        2 * self.out_channels, zero_init=True, name='out_conv')
+    self.out_conv = self._conv(2 * self.out_channels, 'out_conv', zero_init=True)
     self.log_scale_factor = self.add_weight(
         name='log_scale_factor', shape=(self.out_channels,),
         initializer='ones')
 
   def call(self, x, training=False):
-    h = self.in_conv(x)
+    h = self.in_conv(tf.cast(x, self.compute_dtype))
     for bn0, conv0, bn1, conv1 in self.blocks:
       r = conv0(tf.nn.relu(bn0(h, training=training)))
       r = conv1(tf.nn.relu(bn1(r, training=training)))
       h = h + r
     h = self.out_conv(tf.nn.relu(self.out_bn(h, training=training)))
-    raw_s, t = tf.split(h, 2, axis=-1)
-    return self.log_scale_factor * tf.tanh(raw_s), t
+    raw_s, t = tf.split(tf.cast(h, self.variable_dtype), 2, axis=-1)
+    return tf.convert_to_tensor(self.log_scale_factor) * tf.tanh(raw_s), t
 
   @property
   def gains(self):

@@ -28,6 +28,9 @@ __all__ = ['TrainConfig', 'Trainer', 'TrainingDiverged', 'WarmupSchedule',
            'CheckpointMismatch', 'restore_model']
 
 
+_LOSS_SCALE_PERIOD = 2000
+
+
 class TrainingDiverged(RuntimeError):
   """Too many consecutive steps with a non-finite loss or gradient."""
 
@@ -54,6 +57,8 @@ class TrainConfig:
   sample_temperatures: tuple = (1.0, 0.7)
   num_samples: int = 64
   seed: int = 0
+  jit_compile: bool = False  # XLA for the forward/backward pass
+  mixed_precision: str = None  # None, 'bfloat16' or 'float16' (s/t networks)
 
 
 @keras.saving.register_keras_serializable('real_nvp')
@@ -133,9 +138,13 @@ class Trainer:
     self.is_chief = distribute.is_chief(strategy)
     check_config(model_dir, flow_config)
 
+    if cfg.mixed_precision not in (None, 'bfloat16', 'float16'):
+      raise ValueError("--mixed_precision must be bfloat16 or float16; got "
+                       f"{cfg.mixed_precision!r}")
     keras.utils.set_random_seed(cfg.seed)  # Reproducible initial weights.
     with strategy.scope():
-      self.model = RealNVP(flow_config)
+      self.model = RealNVP(flow_config, st_dtype=(
+          f'mixed_{cfg.mixed_precision}' if cfg.mixed_precision else None))
       self.optimizer = keras.optimizers.Adam(
           WarmupSchedule(cfg.learning_rate, cfg.warmup_steps))
       self.optimizer.build(self.model.trainable_variables)
@@ -143,16 +152,28 @@ class Trainer:
       self.nonfinite_steps = tf.Variable(0, dtype=tf.int64, name='nonfinite')
       self.consecutive_nonfinite = tf.Variable(0, dtype=tf.int64,
                                                name='consecutive_nonfinite')
+      # Dynamic loss scale for float16 s/t networks: halved when gradients
+      # overflow, doubled after _LOSS_SCALE_PERIOD finite steps in a row.
+      self._dynamic_loss_scale = cfg.mixed_precision == 'float16'
+      self.loss_scale = tf.Variable(
+          2. ** 15 if self._dynamic_loss_scale else 1., name='loss_scale')
+      self.finite_in_a_row = tf.Variable(0, dtype=tf.int64, name='finite_in_a_row')
     self.checkpoint = tf.train.Checkpoint(
         model=self.model, optimizer=self.optimizer, step=self.step,
         nonfinite_steps=self.nonfinite_steps,
-        consecutive_nonfinite=self.consecutive_nonfinite)
+        consecutive_nonfinite=self.consecutive_nonfinite,
+        loss_scale=self.loss_scale, finite_in_a_row=self.finite_in_a_row)
     self._checkpoint_dir = model_dir if self.is_chief else os.path.join(
         model_dir, f'.worker_{strategy.cluster_resolver.task_id}_tmp')
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, self._checkpoint_dir, max_to_keep=cfg.keep_checkpoints,
         checkpoint_name='ckpt')
     self.writers = summaries.SummaryWriters(model_dir, self.is_chief)
+    # XLA compiles the per-replica forward and backward pass; the all-reduce
+    # and the update stay outside (collectives do not compile on every device).
+    self._compiled_local_gradients = (
+        tf.function(self._local_gradients, jit_compile=True)
+        if cfg.jit_compile else self._local_gradients)
     self._train_step = tf.function(self._train_step_fn)
     self._eval_step = tf.function(self._eval_step_fn)
     self._stop_requested = False
@@ -203,11 +224,19 @@ class Trainer:
             self.cfg.weight_decay * l2 / tf.cast(replicas, tf.float32))
     return loss, tf.reduce_sum(bpd)
 
-  def _replica_gradients(self, images, step):
+  def _local_gradients(self, images, step):
     variables = self.model.trainable_variables
     with tf.GradientTape() as tape:
       loss, bpd_sum = self._replica_loss(images, step)
+      if self._dynamic_loss_scale:
+        loss *= self.loss_scale
     grads = tape.gradient(loss, variables)
+    if self._dynamic_loss_scale:
+      grads = [g / self.loss_scale for g in grads]
+    return grads, bpd_sum
+
+  def _replica_gradients(self, images, step):
+    grads, bpd_sum = self._compiled_local_gradients(images, step)
     context = tf.distribute.get_replica_context()
     return context.all_reduce(tf.distribute.ReduceOp.SUM, (grads, bpd_sum))
 
@@ -228,6 +257,12 @@ class Trainer:
                                           use_norm=grad_norm)
       self.optimizer.apply_gradients(zip(clipped, variables))
       self.consecutive_nonfinite.assign(0)
+      if self._dynamic_loss_scale:
+        self.finite_in_a_row.assign_add(1)
+        grow = self.finite_in_a_row >= _LOSS_SCALE_PERIOD
+        self.loss_scale.assign(tf.where(grow, 2. * self.loss_scale, self.loss_scale))
+        self.finite_in_a_row.assign(tf.where(grow, tf.zeros_like(self.finite_in_a_row),
+                                             self.finite_in_a_row))
       return tf.constant(True)
 
     def skip():
@@ -235,6 +270,9 @@ class Trainer:
         variable.assign(value)  # Batch-norm averages saw the bad batch.
       self.nonfinite_steps.assign_add(1)
       self.consecutive_nonfinite.assign_add(1)
+      if self._dynamic_loss_scale:
+        self.loss_scale.assign(tf.maximum(self.loss_scale / 2., 1.))
+        self.finite_in_a_row.assign(0)
       return tf.constant(False)
 
     tf.cond(finite, apply, skip)
@@ -341,7 +379,10 @@ class Trainer:
               f'{self.manager.latest_checkpoint}. Try a lower --learning_rate, '
               '--warmup_steps or --clip_grad_norm.')
       now = time.time()
-      if now - last_log >= cfg.log_every_secs or step == cfg.train_steps:
+      if step == start + 1:  # The first step traces the graph: no rate.
+        last_log = last_summary_time = now
+        steps_since_log = window_steps = 0
+      elif now - last_log >= cfg.log_every_secs or step == cfg.train_steps:
         rate = steps_since_log * cfg.batch_size / (now - last_log)
         eta = (cfg.train_steps - step) * cfg.batch_size / max(rate, 1e-9)
         logging.info('step %d/%d  bits/dim %.4f  %.1f img/s  ETA %s', step,
