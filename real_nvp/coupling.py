@@ -32,14 +32,12 @@ class AffineCoupling(FlowLayer):
     parity: 0 or 1; consecutive couplings alternate it (b <-> 1 - b).
     num_blocks, feature_maps: size of the residual s/t network.
     bn_momentum: momentum of the s/t network's batch norms.
-    synchronized_batch_norm: global batch statistics across replicas.
     st_dtype: dtype policy of the s/t network (e.g. 'mixed_bfloat16');
       default: the layer's own. The coupling itself computes in its own dtype.
   """
 
   def __init__(self, mask_type, parity, num_blocks, feature_maps,
-               bn_momentum=0.95, synchronized_batch_norm=False, st_dtype=None,
-               **kwargs):
+               bn_momentum=0.95, st_dtype=None, **kwargs):
     super().__init__(**kwargs)
     if mask_type not in MASK_TYPES:
       raise ValueError(f'`mask_type` must be one of {MASK_TYPES}. '
@@ -51,7 +49,6 @@ class AffineCoupling(FlowLayer):
     self.num_blocks = num_blocks
     self.feature_maps = feature_maps
     self.bn_momentum = bn_momentum
-    self.synchronized_batch_norm = synchronized_batch_norm
     self.st_dtype = st_dtype
 
   def build(self, input_shape):
@@ -68,7 +65,7 @@ class AffineCoupling(FlowLayer):
       out_channels = channels // 2
     self.st_net = STNetwork(
         out_channels, self.num_blocks, self.feature_maps, self.bn_momentum,
-        self.synchronized_batch_norm, name='st_net',
+        name='st_net',
         dtype=self.st_dtype or self.dtype_policy)
 
   def _split_channels(self, x):
@@ -118,5 +115,4 @@ class AffineCoupling(FlowLayer):
     return {**super().get_config(), 'mask_type': self.mask_type,
             'parity': self.parity, 'num_blocks': self.num_blocks,
             'feature_maps': self.feature_maps, 'bn_momentum': self.bn_momentum,
-            'synchronized_batch_norm': self.synchronized_batch_norm,
             'st_dtype': self.st_dtype}

@@ -34,11 +34,6 @@ tfd = tfp.distributions
 __all__ = ['RealNVP']
 
 
-def _uses_several_replicas():
-  return (tf.distribute.has_strategy() and
-          tf.distribute.get_strategy().num_replicas_in_sync > 1)
-
-
 class RealNVP(keras.Model):
   """Real NVP density model of images with `config.levels` pixel levels.
 
@@ -47,22 +42,15 @@ class RealNVP(keras.Model):
 
   Args:
     config: a `FlowConfig`.
-    synchronized_batch_norm: global batch statistics in the s/t networks'
-      batch norms; default: True when built inside a strategy of several
-      replicas. (Flow batch norms always use global statistics.)
     st_dtype: dtype policy of the s/t networks, e.g. 'mixed_bfloat16' or
       'mixed_float16'; the flow, its log-dets and the prior stay float32.
   """
 
-  def __init__(self, config, synchronized_batch_norm=None, st_dtype=None,
-               **kwargs):
+  def __init__(self, config, st_dtype=None, **kwargs):
     super().__init__(**kwargs)
     if not isinstance(config, FlowConfig):
       raise TypeError(f'`config` must be a FlowConfig. Received: {config!r}')
     self.config = config
-    if synchronized_batch_norm is None:
-      synchronized_batch_norm = _uses_several_replicas()
-    self._synchronized_batch_norm = synchronized_batch_norm
     self._st_dtype = st_dtype
     self.preprocess = preprocess.LogitPreprocess(
         config.levels, config.alpha, name='preprocess')
@@ -77,7 +65,6 @@ class RealNVP(keras.Model):
       steps.append(AffineCoupling(
           mask_type, parity=k % 2, num_blocks=self.config.num_blocks,
           feature_maps=feature_maps, bn_momentum=self.config.bn_momentum,
-          synchronized_batch_norm=self._synchronized_batch_norm,
           st_dtype=self._st_dtype, name=f'{prefix}_{mask_type}{k}'))
       if self.config.flow_batch_norm:
         steps.append(FlowBatchNorm(
@@ -249,14 +236,11 @@ class RealNVP(keras.Model):
             if isinstance(layer, AffineCoupling) for gain in layer.gains]
 
   def get_config(self):
-    return {'config': self.config.to_json(),
-            'synchronized_batch_norm': self._synchronized_batch_norm,
-            'st_dtype': self._st_dtype}
+    return {'config': self.config.to_json(), 'st_dtype': self._st_dtype}
 
   @classmethod
   def from_config(cls, config):
-    return cls(FlowConfig.from_json(config['config']),
-               config['synchronized_batch_norm'], config.get('st_dtype'))
+    return cls(FlowConfig.from_json(config['config']), config.get('st_dtype'))
 
 
 def _stateless_seed(seed):

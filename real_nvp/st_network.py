@@ -8,7 +8,9 @@ a learned per-channel scale, t is affine.
 import keras
 import tensorflow as tf
 
-__all__ = ['WeightNormConv2D', 'STNetwork']
+from real_nvp.batch_norm import batch_moments
+
+__all__ = ['WeightNormConv2D', 'ResidualBatchNorm', 'STNetwork']
 
 
 class WeightNormConv2D(keras.layers.Layer):
@@ -53,6 +55,71 @@ class WeightNormConv2D(keras.layers.Layer):
             'kernel_size': self.kernel_size, 'zero_init': self.zero_init}
 
 
+class ResidualBatchNorm(keras.layers.Layer):
+  """Batch normalization inside the s/t network (not part of the flow).
+
+      y = gamma * (x - mean) / sqrt(var + eps) + beta      x: [B, H, W, C]
+
+  Training mode uses the batch's per-channel (biased) moments and updates the
+  moving averages; inference mode uses the moving averages. A single replica
+  uses TF's fused kernel; several replicas use global moments (all-reduced),
+  so the result does not depend on how the batch is split.
+  """
+
+  def __init__(self, momentum=0.95, epsilon=1e-4, **kwargs):
+    super().__init__(**kwargs)
+    self.momentum = momentum
+    self.epsilon = epsilon
+
+  def build(self, input_shape):
+    shape = (input_shape[-1],)
+    self.gamma = self.add_weight(name='gamma', shape=shape, initializer='ones',
+                                 autocast=False)
+    self.beta = self.add_weight(name='beta', shape=shape, initializer='zeros',
+                                autocast=False)
+    self.moving_mean = self.add_weight(
+        name='moving_mean', shape=shape, initializer='zeros', trainable=False,
+        autocast=False, aggregation='mean')
+    self.moving_variance = self.add_weight(
+        name='moving_variance', shape=shape, initializer='ones', trainable=False,
+        autocast=False, aggregation='mean')
+
+  def _update_moving_averages(self, mean, variance):
+    rho = self.momentum
+    self.moving_mean.assign(rho * self.moving_mean + (1. - rho) * tf.stop_gradient(mean))
+    self.moving_variance.assign(
+        rho * self.moving_variance + (1. - rho) * tf.stop_gradient(variance))
+
+  def call(self, x, training=False):
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync if context else 1
+    fused = x.dtype != tf.float64  # The fused kernel has no float64 version.
+    if training and (replicas > 1 or not fused):
+      mean, variance = batch_moments(tf.cast(x, self.variable_dtype))
+      self._update_moving_averages(mean, variance)
+      scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
+      shift = self.beta - mean * scale
+      return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
+    if not training and not fused:
+      scale = self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
+      return x * scale + (self.beta - self.moving_mean * scale)
+    y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        x, self.gamma, self.beta,
+        mean=None if training else self.moving_mean,
+        variance=None if training else self.moving_variance,
+        epsilon=self.epsilon, is_training=training)[:3]
+    if training:
+      # The fused kernel returns the unbiased variance; store the biased one,
+      # as the all-reduced path does.
+      count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), variance.dtype)
+      self._update_moving_averages(mean, variance * (count - 1.) / count)
+    return y
+
+  def get_config(self):
+    return {**super().get_config(), 'momentum': self.momentum,
+            'epsilon': self.epsilon}
+
+
 class STNetwork(keras.layers.Layer):
   """Residual CNN returning (s, t), each [B, H, W, out_channels].
 
@@ -62,16 +129,15 @@ class STNetwork(keras.layers.Layer):
       s = scale * tanh(raw_s)
 
   The last convolution is zero-initialized, so s = t = 0 and every coupling
-  starts as the identity. `synchronized_batch_norm` makes the batch-norm
-  statistics global across replicas (needed for replica-count-independent
-  training under tf.distribute). With a mixed dtype policy (`dtype=
+  starts as the identity. The batch norms use global statistics across
+  replicas (see ResidualBatchNorm). With a mixed dtype policy (`dtype=
   'mixed_bfloat16'`) the network computes in low precision and returns s and
   t in the variable dtype (float32), so the coupling and its log-det stay in
   float32.
   """
 
   def __init__(self, out_channels, num_blocks, feature_maps, bn_momentum=0.95,
-               synchronized_batch_norm=False, **kwargs):
+               **kwargs):
     super().__init__(**kwargs)
     if num_blocks < 0:
       raise ValueError(
@@ -80,13 +146,9 @@ class STNetwork(keras.layers.Layer):
     self.num_blocks = num_blocks
     self.feature_maps = feature_maps
     self.bn_momentum = bn_momentum
-    self.synchronized_batch_norm = synchronized_batch_norm
 
   def _batch_norm(self, name):
-    return keras.layers.BatchNormalization(
-        momentum=self.bn_momentum, epsilon=1e-4,
-        synchronized=self.synchronized_batch_norm, name=name,
-        dtype=self.dtype_policy)
+    return ResidualBatchNorm(self.bn_momentum, name=name, dtype=self.dtype_policy)
 
   def _conv(self, filters, name, zero_init=False):
     return WeightNormConv2D(filters, zero_init=zero_init, name=name,
@@ -106,7 +168,7 @@ class STNetwork(keras.layers.Layer):
     self.out_conv = self._conv(2 * self.out_channels, 'out_conv', zero_init=True)
     self.log_scale_factor = self.add_weight(
         name='log_scale_factor', shape=(self.out_channels,),
-        initializer='ones')
+        initializer='ones', autocast=False)  # s is computed in float32
 
   def call(self, x, training=False):
     h = self.in_conv(tf.cast(x, self.compute_dtype))
@@ -116,7 +178,7 @@ class STNetwork(keras.layers.Layer):
       h = h + r
     h = self.out_conv(tf.nn.relu(self.out_bn(h, training=training)))
     raw_s, t = tf.split(tf.cast(h, self.variable_dtype), 2, axis=-1)
-    return tf.convert_to_tensor(self.log_scale_factor) * tf.tanh(raw_s), t
+    return self.log_scale_factor * tf.tanh(raw_s), t
 
   @property
   def gains(self):
@@ -129,5 +191,4 @@ class STNetwork(keras.layers.Layer):
   def get_config(self):
     return {**super().get_config(), 'out_channels': self.out_channels,
             'num_blocks': self.num_blocks, 'feature_maps': self.feature_maps,
-            'bn_momentum': self.bn_momentum,
-            'synchronized_batch_norm': self.synchronized_batch_norm}
+            'bn_momentum': self.bn_momentum}

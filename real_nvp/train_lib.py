@@ -138,6 +138,12 @@ class Trainer:
     self.is_chief = distribute.is_chief(strategy)
     check_config(model_dir, flow_config)
 
+    if cfg.jit_compile and not isinstance(
+        strategy, (tf.distribute.OneDeviceStrategy, tf.distribute.TPUStrategy)):
+      raise ValueError(
+          '--xla needs --strategy=one_device (or tpu): the batch-norm moving '
+          'averages of mirrored variables synchronize across replicas, which '
+          'XLA-compiled code cannot do.')
     if cfg.mixed_precision not in (None, 'bfloat16', 'float16'):
       raise ValueError("--mixed_precision must be bfloat16 or float16; got "
                        f"{cfg.mixed_precision!r}")

@@ -166,3 +166,16 @@ def test_logit_preprocess_is_finite_at_the_borders():
   u = tf.constant([0., np.nextafter(np.float32(256), 0)], tf.float32)
   w, log_det = layer(tf.reshape(u, (2, 1, 1, 1)))
   assert np.all(np.isfinite(w)) and np.all(np.isfinite(log_det))
+
+
+def test_residual_batch_norm_fused_matches_moments():
+  from real_nvp.st_network import ResidualBatchNorm
+  x = 2. + 3. * tf.random.stateless_normal((4, 5, 5, 3), seed=[8, 9])
+  layer = ResidualBatchNorm(momentum=0.5)
+  y = layer(x, training=True)
+  mean, variance = batch_moments(x)
+  np.testing.assert_allclose(y, (x - mean) / np.sqrt(variance + 1e-4), atol=1e-4)
+  np.testing.assert_allclose(layer.moving_mean, 0.5 * mean, rtol=1e-5)
+  np.testing.assert_allclose(layer.moving_variance, 0.5 + 0.5 * variance, rtol=1e-5)
+  expected = (x - layer.moving_mean) / np.sqrt(layer.moving_variance + 1e-4)
+  np.testing.assert_allclose(layer(x, training=False), expected, atol=1e-4)
