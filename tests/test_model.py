@@ -232,3 +232,18 @@ def test_presets_build(name):
   model = RealNVP(config)
   images = tf.zeros((1,) + config.image_shape, tf.uint8)
   assert np.isfinite(model.bits_per_dim(images).numpy()).all()
+
+
+@pytest.mark.parametrize('st_dtype', ['mixed_bfloat16', 'mixed_float16'])
+def test_mixed_precision_st_networks_keep_bits_per_dim(st_dtype):
+  model = _model((8, 8, 1), 2, levels=17)
+  low = RealNVP(model.config, st_dtype=st_dtype)
+  assert [v.path for v in low.variables] == [v.path for v in model.variables]
+  for target, source in zip(low.variables, model.variables):
+    target.assign(source)
+  images = np.random.default_rng(1).integers(0, 17, (16, 8, 8, 1)).astype(np.uint8)
+  exact = model.bits_per_dim(images, seed=[1, 1])
+  mixed = low.bits_per_dim(images, seed=[1, 1])
+  assert mixed.dtype == tf.float32
+  np.testing.assert_allclose(mixed, exact, atol=0.02)
+  assert all(v.dtype == 'float32' for v in low.variables)
