@@ -144,7 +144,8 @@ def main(argv):
   model = trainer.model
   results['params'] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
   flops = forward_flops_per_image(model)
-  results['flops_per_image'] = {'forward': flops, 'train': 3 * flops}
+  results['flops_per_image'] = flops  # forward pass
+  results['train_flops_per_image'] = 3 * flops
   batch = next(iter(strategy.distribute_datasets_from_function(
       lambda ctx: data.train_dataset(source, FLAGS.batch_size, 0, 0, ctx))))
   local_batch = tf.constant(source.train.images[:FLAGS.batch_size])

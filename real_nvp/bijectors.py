@@ -37,6 +37,15 @@ class _ImageBijector(tfb.Bijector):
         forward_min_event_ndims=_EVENT_NDIMS, is_constant_jacobian=False,
         validate_args=False, parameters=parameters, name=name)
 
+  # TFP keys its cache by bijector equality, and bijectors with the same
+  # parameters compare equal: two chains over the same layers would share
+  # cached outputs, stale once the weights change. Identity semantics give
+  # every bijector (and so every chain built by RealNVP.bijector) its own.
+  __hash__ = object.__hash__
+
+  def __eq__(self, other):
+    return self is other
+
   @staticmethod
   def _attrs(forward_log_det):
     return {'fldj': forward_log_det, 'ildj': -forward_log_det}

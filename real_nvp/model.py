@@ -92,8 +92,10 @@ class RealNVP(keras.Model):
   def bijector(self, training=False):
     """tfb.Chain: forward latent z -> dequantized pixels u; inverse u -> z.
 
-    Built anew on each call (cheap: the weights live in the Keras layers), so
-    no TFP cache is shared between calls. `training` sets the mode of every
+    Built anew on each call (cheap: the weights live in the Keras layers), and
+    its bijectors compare by identity, so no TFP cache entry is shared between
+    calls: in eager mode a cached result would skip the gradient tape, and
+    would be stale after a weight update. `training` sets the mode of every
     batch norm in the data -> latent direction.
     """
     inner = None
@@ -145,9 +147,7 @@ class RealNVP(keras.Model):
         tf.debugging.assert_less(
             pixels, tf.constant(levels, pixels.dtype),
             message=f'pixels must be < levels={levels:g}')]):
-      # A new tensor each call: TFP's cache is keyed by the input tensor, and
-      # a cache hit in eager mode would skip the tape (wrong gradients).
-      pixels = tf.identity(pixels)
+      pixels = tf.identity(pixels)  # carries the checks
     return self.distribution(training).log_prob(pixels)
 
   def dequantize(self, images, seed):

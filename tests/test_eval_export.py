@@ -82,7 +82,8 @@ def test_eval_py_writes_results_figures_and_export(trained, tmp_path):
   export_dir = tmp_path / 'exported'
   result = subprocess.run(
       [sys.executable, 'eval.py', f'--model_dir={model_dir}', '--dequant_samples=2',
-       '--eval_examples=100', f'--export_dir={export_dir}', '--temperatures=1.0,0.5'],
+       '--eval_examples=100', f'--export_dir={export_dir}', '--temperatures=1.0,0.5',
+       '--watch', '--watch_timeout=1'],  # evaluates the existing checkpoint, then exits
       cwd=ROOT, capture_output=True, text=True, timeout=600,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   assert result.returncode == 0, result.stderr[-3000:]

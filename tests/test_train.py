@@ -53,15 +53,15 @@ def test_training_on_digits_beats_the_uniform_baseline(tmp_path):
 
 
 def test_high_learning_rate_stays_finite(tmp_path):
-  trainer = _trainer(tmp_path, 100, learning_rate=0.05)
+  trainer = _trainer(tmp_path, 100, learning_rate=0.05, num_scales=1)
   held_out = trainer.train()
   assert np.isfinite(held_out)
   assert all(np.all(np.isfinite(v.numpy())) for v in trainer.model.variables)
 
 
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
-  _trainer(tmp_path, 5).train()  # leaves the good checkpoint ckpt-5
-  trainer = _trainer(tmp_path, 50)
+  _trainer(tmp_path, 5, num_scales=1).train()  # leaves the good checkpoint ckpt-5
+  trainer = _trainer(tmp_path, 50, num_scales=1)
   trainer.cfg.max_nonfinite = 3
   restore = trainer.restore
   statistics = []
