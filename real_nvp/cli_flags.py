@@ -33,7 +33,7 @@ def define_flags():
   flags.DEFINE_integer('seed', 0, 'Seed of the data order, noise and samples.')
   # Optimization.
   defaults = TrainConfig()
-  flags.DEFINE_integer('train_steps', 1500, 'Total optimizer steps.')
+  flags.DEFINE_integer('train_steps', defaults.train_steps, 'Total optimizer steps.')
   flags.DEFINE_integer('batch_size', defaults.batch_size, 'Global batch size.')
   flags.DEFINE_float('learning_rate', defaults.learning_rate, 'Adam learning rate.')
   flags.DEFINE_integer('warmup_steps', defaults.warmup_steps,
@@ -49,10 +49,12 @@ def define_flags():
                     'log-dets and likelihood stay float32.')
   flags.DEFINE_bool('xla', False, 'jit_compile the per-replica forward/backward pass.')
   # Monitoring and checkpoints.
-  flags.DEFINE_integer('eval_every', 500, 'Evaluate held-out bits/dim every N steps.')
+  flags.DEFINE_integer('eval_every', defaults.eval_every,
+                       'Evaluate held-out bits/dim every N steps; 0: only at the end.')
   flags.DEFINE_integer('eval_examples', defaults.eval_examples,
                        'Held-out examples per evaluation; 0 = the whole split.')
-  flags.DEFINE_integer('checkpoint_every', 500, 'Checkpoint every N steps.')
+  flags.DEFINE_integer('checkpoint_every', defaults.checkpoint_every,
+                       'Checkpoint every N steps.')
   flags.DEFINE_integer('keep_checkpoints', defaults.keep_checkpoints,
                        'Checkpoints to keep.')
   flags.DEFINE_integer('summary_every', defaults.summary_every,

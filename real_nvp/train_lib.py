@@ -41,7 +41,7 @@ class CheckpointMismatch(ValueError):
 
 @dataclasses.dataclass
 class TrainConfig:
-  train_steps: int = 2000
+  train_steps: int = 1500
   batch_size: int = 64
   learning_rate: float = 1e-3
   warmup_steps: int = 0
