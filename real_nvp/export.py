@@ -20,6 +20,8 @@ import os
 
 import tensorflow as tf
 
+from real_nvp import train_lib
+
 __all__ = ['export_saved_model']
 
 
@@ -29,7 +31,7 @@ class _ExportModule(tf.Module):
   def __init__(self, model):
     super().__init__(name='real_nvp')
     # Keras 3 variables are not tf.Module-trackable; their tf.Variables are.
-    self.model_variables = [v.value for v in model.variables]
+    self.model_variables = list(train_lib.model_weights(model).values())
     self._model = model
     config = model.config
     image = tf.TensorSpec((None,) + config.image_shape, tf.uint8, name='images')

@@ -25,7 +25,7 @@ from real_nvp.config import FlowConfig
 from real_nvp.model import RealNVP
 
 __all__ = ['TrainConfig', 'Trainer', 'TrainingDiverged', 'WarmupSchedule',
-           'CheckpointMismatch', 'restore_model']
+           'CheckpointMismatch', 'model_weights', 'restore_model']
 
 
 _LOSS_SCALE_PERIOD = 2000
@@ -102,6 +102,18 @@ def check_config(model_dir, flow_config):
         'Use another --model_dir, or the same architecture flags.')
 
 
+def model_weights(model):
+  """{variable path: tf.Variable} of all the model's weights, BN averages included.
+
+  Keras 3 models do not expose their variables to tf.train.Checkpoint, so
+  checkpoints hold them by path (stable for a given architecture).
+  """
+  weights = {v.path: v.value for v in model.variables}
+  if len(weights) != len(model.variables):
+    raise ValueError('Model variable paths are not unique.')
+  return weights
+
+
 def restore_model(model_dir, checkpoint=None):
   """(model, step) from `checkpoint` or the latest in model_dir (inference)."""
   path = _config_path(model_dir)
@@ -113,7 +125,14 @@ def restore_model(model_dir, checkpoint=None):
   if checkpoint is None:
     raise FileNotFoundError(f'No checkpoint (ckpt-*) in {model_dir}.')
   step = tf.Variable(0, dtype=tf.int64)
-  tf.train.Checkpoint(model=model, step=step).read(checkpoint).expect_partial()
+  status = tf.train.Checkpoint(model_weights=model_weights(model), step=step).read(
+      checkpoint)
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as error:
+    raise CheckpointMismatch(
+        f'Checkpoint {checkpoint} does not hold this model: {error}') from None
+  status.expect_partial()  # The optimizer's slots are not needed here.
   return model, int(step.numpy())
 
 
@@ -165,7 +184,8 @@ class Trainer:
           2. ** 15 if self._dynamic_loss_scale else 1., name='loss_scale')
       self.finite_in_a_row = tf.Variable(0, dtype=tf.int64, name='finite_in_a_row')
     self.checkpoint = tf.train.Checkpoint(
-        model=self.model, optimizer=self.optimizer, step=self.step,
+        model_weights=model_weights(self.model), optimizer=self.optimizer,
+        step=self.step,
         nonfinite_steps=self.nonfinite_steps,
         consecutive_nonfinite=self.consecutive_nonfinite,
         loss_scale=self.loss_scale, finite_in_a_row=self.finite_in_a_row)

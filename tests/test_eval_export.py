@@ -13,14 +13,14 @@ import tensorflow as tf
 from PIL import Image
 
 from real_nvp import data, distribute, evaluation, export, figures, preset
-from real_nvp.train_lib import TrainConfig, Trainer, restore_model
+from real_nvp.train_lib import CheckpointMismatch, TrainConfig, Trainer, restore_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-  """A tiny model trained for a few steps on the digits: (model_dir, model)."""
+  """A tiny model trained on the digits: (model_dir, restored, trained model)."""
   model_dir = str(tmp_path_factory.mktemp('run'))
   source = data.load_dataset('digits')
   config = TrainConfig(train_steps=30, batch_size=32, eval_every=0,
@@ -31,18 +31,31 @@ def trained(tmp_path_factory):
   trainer.train()
   model, step = restore_model(model_dir)
   assert step == 30
-  return model_dir, model
+  return model_dir, model, trainer.model
 
 
-def test_restored_model_equals_trained_weights(trained):
-  model_dir, model = trained
+def test_restored_model_equals_the_trained_one(trained):
+  _, model, original_model = trained
+  for restored, original in zip(model.variables, original_model.variables):
+    np.testing.assert_array_equal(restored.numpy(), original.numpy(), err_msg=restored.path)
+  assert any(np.any(v.numpy() != 0) for v in model.non_trainable_variables
+             if 'moving_mean' in v.path)
   images = data.load_dataset('digits').eval.images[:8]
-  again, _ = restore_model(model_dir)
-  np.testing.assert_array_equal(model.bits_per_dim(images), again.bits_per_dim(images))
+  np.testing.assert_array_equal(model.bits_per_dim(images),
+                                original_model.bits_per_dim(images))
+
+
+def test_restoring_another_architecture_is_refused(trained, tmp_path):
+  model_dir, model, _ = trained
+  other = preset('digits', num_blocks=2, feature_maps=8)
+  (tmp_path / 'config.json').write_text(other.to_json())
+  checkpoint = tf.train.latest_checkpoint(model_dir)
+  with pytest.raises(CheckpointMismatch, match='does not hold this model'):
+    restore_model(str(tmp_path), checkpoint)
 
 
 def test_std_error_shrinks_with_more_dequantization_draws(trained):
-  _, model = trained
+  _, model, _ = trained
   source = data.load_dataset('digits')
   one = evaluation.bits_per_dim_statistics(model, source, num_examples=64)
   four = evaluation.bits_per_dim_statistics(model, source, num_examples=64,
@@ -55,7 +68,7 @@ def test_std_error_shrinks_with_more_dequantization_draws(trained):
 
 
 def test_manifold_at_zero_angles_is_the_first_example(trained):
-  _, model = trained
+  _, model, _ = trained
   images = data.load_dataset('digits').eval.images[:4]
   z = model.merge_latents(model.encode(images))
   grid = figures.manifold_latents(z, [0., 0.3], [0., 0.5, 1.0])
@@ -67,7 +80,7 @@ def test_manifold_at_zero_angles_is_the_first_example(trained):
 
 
 def test_figures_have_the_expected_layout(trained):
-  _, model = trained
+  _, model, _ = trained
   images = data.load_dataset('digits').eval.images[:4]
   rows = figures.scale_resampling(model, images[0], num_columns=3)
   # One row per scale (2), 3 columns of 8x8 images with 1-pixel padding.
@@ -78,7 +91,7 @@ def test_figures_have_the_expected_layout(trained):
 
 
 def test_eval_py_writes_results_figures_and_export(trained, tmp_path):
-  model_dir, model = trained
+  model_dir, model, _ = trained
   export_dir = tmp_path / 'exported'
   result = subprocess.run(
       [sys.executable, 'eval.py', f'--model_dir={model_dir}', '--dequant_samples=2',
@@ -149,7 +162,7 @@ _LOADER = textwrap.dedent('''
 
 
 def test_saved_model_loads_and_scores_without_the_project(trained, tmp_path):
-  _, model = trained
+  _, model, _ = trained
   export_dir = str(tmp_path / 'saved_model')
   export.export_saved_model(model, export_dir)
   images = data.load_dataset('digits').eval.images[:6]
