@@ -49,32 +49,31 @@ def manifold(model, images, size=8):
 
 def scale_resampling(model, image, num_columns=8, temperature=1.0, seed=0,
                      keep='coarse'):
-  """What each scale encodes: one row per scale s of the example `image`.
+  """What each scale encodes: S rows for the S scales of the example `image`.
 
-  keep='coarse': row s keeps the latents of scales >= s (the coarse ones) and
-  resamples the finer scales < s from the prior; keep='fine' keeps the scales
-  <= s and resamples the coarser ones. The first column is the
-  reconstruction.
+  keep='coarse': row r (r = 1..S) resamples the latents of the r finest scales
+  from the prior and keeps the coarser ones; keep='fine' resamples the r
+  coarsest scales and keeps the finer ones. The last row resamples all. The
+  first column of every row is the reconstruction.
   """
   if keep not in ('coarse', 'fine'):
     raise ValueError(f"`keep` must be 'coarse' or 'fine'. Received: keep={keep!r}")
   latents = model.encode(image[None])
   num_scales = len(latents)
   rows = []
-  for s in range(num_scales):
-    kept = [(i >= s) if keep == 'coarse' else (i <= s) for i in range(num_scales)]
-    columns = []
+  for resampled in range(1, num_scales + 1):
+    fresh = (set(range(resampled)) if keep == 'coarse'
+             else set(range(num_scales - resampled, num_scales)))
     for column in range(num_columns):
       mixed = []
       for i, z in enumerate(latents):
-        if kept[i] or column == 0:
-          mixed.append(z)
-        else:
+        if i in fresh and column > 0:
           noise = tf.random.stateless_normal(
-              tf.shape(z), seed=[seed, 1000 * s + 10 * column + i], dtype=z.dtype)
-          mixed.append(noise * temperature)
-      columns.append(model.decode(mixed)[0])
-    rows.extend(columns)
+              tf.shape(z), seed=[seed, 1000 * resampled + 10 * column + i],
+              dtype=z.dtype)
+          z = noise * temperature
+        mixed.append(z)
+      rows.append(model.decode(mixed)[0])
   return summaries.image_grid(summaries.to_display(tf.stack(rows), model.config.levels),
                               columns=num_columns)
 
