@@ -17,7 +17,6 @@ The latent z has the image's shape, so the prior is a unit Gaussian over
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 

@@ -8,7 +8,6 @@ continues exactly as if it had not stopped.
 """
 
 import dataclasses
-import json
 import math
 import os
 import shutil

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import dense_log_det, per_example_log_det, perturb
+from conftest import per_example_log_det, perturb
 from real_nvp import FlowConfig, RealNVP, preset
 from real_nvp.squeeze import Squeeze
 
