@@ -49,8 +49,7 @@ def _data_source(model_dir):
   return source
 
 
-def _write_figures(model, source, model_dir, step):
-  writers = summaries.SummaryWriters(model_dir, enabled=True)
+def _write_figures(model, source, model_dir, step, writers):
   held_out = next(iter(data.eval_dataset(source, 8)))
   pictures = {f'samples_t{float(t):g}': figures.sample_grid(model, float(t), seed=FLAGS.seed)
               for t in FLAGS.temperatures}
@@ -78,13 +77,13 @@ def _evaluate(model_dir, checkpoint):
                  dataset=source.name, split=source.eval_split_name)
   with open(os.path.join(model_dir, 'eval_results.json'), 'w') as f:
     json.dump(results, f, indent=2)
-  summaries.SummaryWriters(model_dir, enabled=True).scalars(
-      'eval', step, {'bits_per_dim': results['bits_per_dim']})
+  writers = summaries.SummaryWriters(model_dir, enabled=True)
+  writers.scalars('eval', step, {'bits_per_dim': results['bits_per_dim']})
   print(f"{source.name} {source.eval_split_name}: {results['bits_per_dim']:.4f} "
         f"± {results['std_error']:.4f} bits/dim over {results['num_examples']} "
         f"images × {FLAGS.dequant_samples} dequantization draw(s), step {step}")
   if FLAGS.figures:
-    _write_figures(model, source, model_dir, step)
+    _write_figures(model, source, model_dir, step, writers)
   if FLAGS.export_dir:
     export.export_saved_model(model, FLAGS.export_dir)
   return results

@@ -92,13 +92,16 @@ class FlowBatchNorm(FlowLayer):
       return lagged_mean, lagged_variance
     return batch_mean, batch_variance
 
+  @staticmethod
+  def _log_det(x, log_var, sign):
+    """sign * 1/2 * H * W * sum_c log_var[c], once per example of x. -> [B]."""
+    spatial = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
+    return tf.fill(tf.shape(x)[:1], sign * 0.5 * spatial * tf.reduce_sum(log_var))
+
   def normalize(self, x, mean, variance):
     """(y, log_det) for fixed statistics: the bijection applied at one step."""
     log_var = tf.math.log(variance + self.epsilon)
-    y = (x - mean) * tf.exp(-0.5 * log_var)
-    spatial = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], x.dtype)
-    log_det = -0.5 * spatial * tf.reduce_sum(log_var)
-    return y, tf.fill(tf.shape(x)[:1], log_det)
+    return (x - mean) * tf.exp(-0.5 * log_var), self._log_det(x, log_var, -1.)
 
   def call(self, x, training=False):
     mean, variance = self.statistics(x, training)
@@ -107,10 +110,7 @@ class FlowBatchNorm(FlowLayer):
   def decode(self, y):
     self._check_built()
     log_var = tf.math.log(self.moving_variance + self.epsilon)
-    x = y * tf.exp(0.5 * log_var) + self.moving_mean
-    spatial = tf.cast(tf.shape(y)[1] * tf.shape(y)[2], y.dtype)
-    log_det = 0.5 * spatial * tf.reduce_sum(log_var)
-    return x, tf.fill(tf.shape(y)[:1], log_det)
+    return y * tf.exp(0.5 * log_var) + self.moving_mean, self._log_det(y, log_var, 1.)
 
   def get_config(self):
     return {**super().get_config(), 'momentum': self.momentum,

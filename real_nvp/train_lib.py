@@ -309,9 +309,7 @@ class Trainer:
       context = tf.distribute.get_replica_context()
       seed = tf.stack([tf.constant(self.cfg.seed + 1, tf.int64),
                        batch_index * 1024 + tf.cast(context.replica_id_in_sync_group, tf.int64)])
-      noise = tf.random.stateless_uniform(tf.shape(images), seed=seed)
-      u = preprocess.dequantize(images, self.flow_config.levels, noise)
-      bpd = preprocess.bits_per_dim(self.model.log_prob(u), self.flow_config.num_dims)
+      bpd = self.model.bits_per_dim(images, seed=seed)
       return tf.reduce_sum(bpd), tf.cast(tf.size(bpd), tf.float32)
     sums = self.strategy.run(replica_fn, args=(images,))
     return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
