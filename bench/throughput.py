@@ -12,7 +12,9 @@ after --warmup; FLOPs are an analytic count of the s/t networks' convolutions
 forward pass), which dominate the flow's arithmetic. Utilisation is achieved
 training GFLOP/s over the matmul peak measured in the same run (float32,
 or the s/t networks' dtype with --mixed_precision, whose peak is reported
-beside the float32 one).
+beside the float32 one); conv_utilization is the same over a 3x3 convolution
+(forward and both gradients) at the first scale's shape, the kernel the
+step is made of.
 Random images of the preset's shape stand in for data (--mode=data measures
 the input pipeline on its own).
 """
@@ -103,6 +105,22 @@ def matmul_peak_gflops(size, dtype=tf.float32):
   return 2 * size ** 3 / min(times) / 1e9
 
 
+def conv_peak_gflops(batch, height, width, channels, dtype=tf.float32):
+  """GFLOP/s of one 3x3 channels->channels convolution, forward + both gradients."""
+  x = tf.cast(tf.random.normal((batch, height, width, channels)), dtype)
+  w = tf.cast(tf.random.normal((3, 3, channels, channels)), dtype)
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      tape.watch([x, w])
+      y = tf.nn.conv2d(x, w, strides=1, padding='SAME')
+    return [tf.reduce_sum(g) for g in tape.gradient(y, [x, w], output_gradients=y)]
+
+  times = timed(lambda: [g.numpy() for g in step()], 5, 2)
+  return 3 * 2 * 9 * channels ** 2 * batch * height * width / min(times) / 1e9
+
+
 def synthetic_source(config, count):
   rng = np.random.default_rng(0)
   images = rng.integers(0, config.levels, (count,) + config.image_shape, dtype=np.uint8)
@@ -178,8 +196,14 @@ def main(argv):
   if FLAGS.mixed_precision:  # Utilisation against the compute dtype's peak.
     peak = results[f'matmul_peak_gflops_{FLAGS.mixed_precision}'] = matmul_peak_gflops(
         FLAGS.matmul_size, tf.as_dtype(FLAGS.mixed_precision))
+  # The s/t networks' first-scale convolution: the kernel the step is made of.
+  height, width, _ = config.image_shape
+  conv_peak = results['conv_peak_gflops'] = conv_peak_gflops(
+      FLAGS.batch_size, height, width, config.feature_maps,
+      tf.as_dtype(FLAGS.mixed_precision or 'float32'))
   if 'achieved_gflops' in results:
     results['utilization'] = results['achieved_gflops'] / peak
+    results['conv_utilization'] = results['achieved_gflops'] / conv_peak
   results['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   results['load_average'] = os.getloadavg()[0]
 
@@ -192,7 +216,9 @@ def main(argv):
     for name, rate in results['data_images_per_sec'].items():
       print(f'data:{name:<3}{rate:>12.0f}')
   print(f"matmul peak {peak:.0f} GFLOP/s, "
-        f"utilisation {results.get('utilization', float('nan')):.2f}, "
+        f"utilisation {results.get('utilization', float('nan')):.2f}; "
+        f"3x3 conv fwd+bwd {conv_peak:.0f} GFLOP/s, "
+        f"utilisation {results.get('conv_utilization', float('nan')):.2f}; "
         f"peak RSS {results['peak_rss_mb']:.0f} MB, load {results['load_average']:.2f}")
   print(json.dumps(results))
 
