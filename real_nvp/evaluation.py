@@ -20,9 +20,12 @@ def bits_per_dim_statistics(model, source, batch_size=256, num_examples=None,
   """
   if dequant_samples < 1:
     raise ValueError(f'dequant_samples must be >= 1; got {dequant_samples}')
-  score = tf.function(lambda images, seed: model.bits_per_dim(images, seed=seed))
+  dataset = data.eval_dataset(source, batch_size, num_examples)
+  # Batch dimension None: one graph for every batch, the last one included.
+  score = tf.function(lambda images, seed: model.bits_per_dim(images, seed=seed),
+                      input_signature=[dataset.element_spec, tf.TensorSpec([2], tf.int64)])
   per_image = []
-  for index, images in enumerate(data.eval_dataset(source, batch_size, num_examples)):
+  for index, images in enumerate(dataset):
     draws = [score(images, tf.constant([seed, index * dequant_samples + k], tf.int64))
              for k in range(dequant_samples)]
     per_image.append(tf.reduce_mean(tf.stack(draws), axis=0).numpy())

@@ -200,7 +200,7 @@ class Trainer:
         tf.function(self._local_gradients, jit_compile=True)
         if cfg.jit_compile else self._local_gradients)
     self._train_step = tf.function(self._train_step_fn)
-    self._eval_step = tf.function(self._eval_step_fn)
+    self._eval_step = None  # Traced for the evaluation set's spec, on first use.
     self._stop_requested = False
 
   # --- state --------------------------------------------------------------
@@ -321,6 +321,10 @@ class Trainer:
     dataset = self.strategy.distribute_datasets_from_function(
         lambda ctx: data.eval_dataset(self.source, self.cfg.batch_size,
                                       num_examples or None, ctx))
+    if self._eval_step is None:
+      # A batch dimension of None: the last, smaller batch needs no new graph.
+      self._eval_step = tf.function(self._eval_step_fn, input_signature=[
+          dataset.element_spec, tf.TensorSpec([], tf.int64)])
     total, count = 0., 0.
     for index, images in enumerate(dataset):
       batch_sum, batch_count = self._eval_step(images, tf.constant(index, tf.int64))

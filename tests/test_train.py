@@ -50,6 +50,10 @@ def test_training_on_digits_beats_the_uniform_baseline(tmp_path):
   # Uniform over 17 levels: log2(17) = 4.09 bits/dim.
   assert held_out < 2.6, held_out
   assert os.path.exists(tmp_path / 'samples' / 'step_300.png')
+  # No retracing in the loop: one graph per step function, whatever the
+  # step, the data position or the size of the last evaluation batch.
+  assert trainer._train_step.experimental_get_tracing_count() == 1
+  assert trainer._eval_step.experimental_get_tracing_count() == 1
 
 
 def test_high_learning_rate_stays_finite(tmp_path):
