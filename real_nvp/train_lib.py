@@ -22,6 +22,7 @@ from absl import logging
 from real_nvp import data, distribute, preprocess, summaries
 from real_nvp.config import FlowConfig
 from real_nvp.model import RealNVP
+from real_nvp.optimizer import Adam
 
 __all__ = ['TrainConfig', 'Trainer', 'TrainingDiverged', 'WarmupSchedule',
            'CheckpointMismatch', 'model_weights', 'restore_model']
@@ -169,9 +170,9 @@ class Trainer:
     with strategy.scope():
       self.model = RealNVP(flow_config, st_dtype=(
           f'mixed_{cfg.mixed_precision}' if cfg.mixed_precision else None))
-      self.optimizer = keras.optimizers.Adam(
+      self.optimizer = Adam(
+          [v.value for v in self.model.trainable_variables],
           WarmupSchedule(cfg.learning_rate, cfg.warmup_steps))
-      self.optimizer.build(self.model.trainable_variables)
       self.step = tf.Variable(0, dtype=tf.int64, name='step')
       self.nonfinite_steps = tf.Variable(0, dtype=tf.int64, name='nonfinite')
       self.consecutive_nonfinite = tf.Variable(0, dtype=tf.int64,
@@ -267,7 +268,6 @@ class Trainer:
 
   def _train_step_fn(self, images):
     """One optimizer step on a distributed batch; skips non-finite updates."""
-    variables = self.model.trainable_variables
     statistics = self.model.non_trainable_variables
     saved_statistics = [tf.identity(v) for v in statistics]
     grads, bpd_sum = self.strategy.run(
@@ -280,7 +280,7 @@ class Trainer:
     def apply():
       clipped, _ = tf.clip_by_global_norm(grads, self.cfg.clip_grad_norm,
                                           use_norm=grad_norm)
-      self.optimizer.apply_gradients(zip(clipped, variables))
+      self.optimizer.apply_gradients(clipped)
       self.consecutive_nonfinite.assign(0)
       if self._dynamic_loss_scale:
         self.finite_in_a_row.assign_add(1)

@@ -46,6 +46,11 @@ def replicas(out):
         lambda ctx: data.train_dataset(source, 16, 3, 0, ctx)))
     losses = [float(trainer._train_step(next(dataset))[0]) for _ in range(3)]
     runs[name] = (losses, _weights(trainer), strategy.num_replicas_in_sync)
+    if name == 'mirrored':  # Every replica's copy of every variable updated alike.
+      state = [v.value for v in trainer.model.variables] + list(trainer.optimizer.variables)
+      results['replica_copy_difference'] = max(
+          float(np.max(np.abs(copy.numpy() - copies[0].numpy())))
+          for copies in map(strategy.experimental_local_results, state) for copy in copies)
   (loss_a, weights_a, n_a), (loss_b, weights_b, n_b) = runs['mirrored'], runs['one_device']
   results['replicas'] = [n_a, n_b]
   results['losses'] = [loss_a, loss_b]

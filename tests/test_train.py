@@ -128,6 +128,7 @@ def test_two_replicas_match_one_device(tmp_path):
   # Adam's first steps move each weight by about the learning rate (1e-3);
   # the replicas must agree to a small fraction of that.
   assert results['max_weight_difference'] < 3e-4
+  assert results['replica_copy_difference'] == 0.
   assert 'not divisible by the 2 replicas' in results['odd_batch_error']
 
 

@@ -1,0 +1,92 @@
+"""Adam as one fused kernel per variable (TF's ResourceApplyAdam).
+
+At step t = iterations + 1, with gradient g of variable w:
+
+    m <- beta_1 * m + (1 - beta_1) * g
+    v <- beta_2 * v + (1 - beta_2) * g^2
+    w <- w - lr(iterations) * sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon)
+
+the update of `keras.optimizers.Adam` (tested against it). Keras builds each
+update from about ten element-wise ops per variable; one kernel per variable
+makes the traced training step smaller (about 200 MB less resident memory
+for a 2.3 M-parameter flow on CPU) and leaves fewer ops to schedule.
+"""
+
+import tensorflow as tf
+
+__all__ = ['Adam']
+
+
+class Adam(tf.Module):
+  """Adam over a fixed list of tf.Variables, checkpointable as a tf.Module.
+
+  Create it under the strategy's scope, so the moments are mirrored like the
+  variables; `apply_gradients` runs in cross-replica context, in or out of
+  that scope, on gradients already reduced across replicas, and updates every
+  replica's copy.
+
+  Args:
+    variables: the tf.Variables to train (for a Keras 3 model, each weight's
+      `.value`); gradients are passed in the same order.
+    learning_rate: a float, or a callable of the step (int64 scalar, 0 at the
+      first update) returning the learning rate.
+    beta_1, beta_2, epsilon: Adam's constants.
+  """
+
+  def __init__(self, variables, learning_rate, beta_1=0.9, beta_2=0.999,
+               epsilon=1e-7, name='adam'):
+    super().__init__(name=name)
+    # The strategy of the scope it is created in: the step that applies the
+    # gradients usually runs outside that scope.
+    self._strategy = tf.distribute.get_strategy()
+    self._variables = list(variables)
+    self._learning_rate = learning_rate
+    self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+    self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                  name='iterations')
+    self.first_moments = [self._slot(v, 'm') for v in self._variables]
+    self.second_moments = [self._slot(v, 'v') for v in self._variables]
+
+  @staticmethod
+  def _slot(variable, suffix):
+    name = variable.name.split(':')[0].replace('/', '_')
+    return tf.Variable(tf.zeros(variable.shape, variable.dtype), trainable=False,
+                       name=f'{name}_{suffix}')
+
+  @property
+  def learning_rate(self):
+    """The learning rate of the next update (a float32 scalar tensor)."""
+    if callable(self._learning_rate):
+      return tf.cast(self._learning_rate(self.iterations), tf.float32)
+    return tf.constant(self._learning_rate, tf.float32)
+
+  def apply_gradients(self, gradients):
+    """One Adam step; `gradients` align with the variables given at creation."""
+    gradients = list(gradients)
+    if len(gradients) != len(self._variables):
+      raise ValueError(f'Expected {len(self._variables)} gradients, got '
+                       f'{len(gradients)}.')
+    step = tf.cast(self.iterations + 1, tf.float32)
+    learning_rate = self.learning_rate
+    beta_1_power = tf.pow(tf.constant(self.beta_1, tf.float32), step)
+    beta_2_power = tf.pow(tf.constant(self.beta_2, tf.float32), step)
+
+    def update(variable, gradient, first, second):
+      return tf.raw_ops.ResourceApplyAdam(
+          var=variable.handle, m=first.handle, v=second.handle,
+          beta1_power=tf.cast(beta_1_power, variable.dtype),
+          beta2_power=tf.cast(beta_2_power, variable.dtype),
+          lr=tf.cast(learning_rate, variable.dtype),
+          beta1=tf.constant(self.beta_1, variable.dtype),
+          beta2=tf.constant(self.beta_2, variable.dtype),
+          epsilon=tf.constant(self.epsilon, variable.dtype),
+          grad=tf.cast(gradient, variable.dtype))
+
+    extended = self._strategy.extended
+    updates = [
+        extended.update(variable, update, args=(gradient, first, second))
+        for variable, gradient, first, second in zip(
+            self._variables, gradients, self.first_moments, self.second_moments)]
+    # Eagerly the kernels have run already (and return None).
+    with tf.control_dependencies([u for u in tf.nest.flatten(updates) if u is not None]):
+      return self.iterations.assign_add(1)
