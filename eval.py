@@ -15,14 +15,17 @@ import sys
 import tensorflow as tf
 from absl import app, flags, logging
 
-from real_nvp import cli_flags, data, evaluation, export, figures, summaries
+from real_nvp import cli_flags, data, export, figures, summaries
+from real_nvp.evaluation import Evaluator
 from real_nvp.train_lib import restore_model
 
 cli_flags.define_flags()
 flags.DEFINE_enum('split', 'eval', ['eval', 'train'],
                   'Which split: the held-out one (test or validation) or train.')
 flags.DEFINE_string('checkpoint', None, 'Checkpoint path; default: the latest.')
-flags.DEFINE_integer('dequant_samples', 1, 'Uniform-noise draws per image.')
+flags.DEFINE_integer('dequant_samples', 1,
+                     'Dequantization draws K per image: the bound averages them, '
+                     'the importance-weighted estimate (bits_per_dim_iw) combines them.')
 flags.DEFINE_bool('watch', False, 'Evaluate each new checkpoint until --watch_timeout.')
 flags.DEFINE_integer('watch_timeout', 3600, 'Seconds to wait for a new checkpoint.')
 flags.DEFINE_string('export_dir', None, 'Also export a SavedModel here.')
@@ -69,19 +72,25 @@ def _write_figures(model, source, model_dir, step, writers):
 def _evaluate(model_dir, checkpoint):
   model, step = restore_model(model_dir, checkpoint)
   source = _data_source(model_dir)
-  results = evaluation.bits_per_dim_statistics(
-      model, source, num_examples=FLAGS.eval_examples or None,
-      dequant_samples=FLAGS.dequant_samples, seed=FLAGS.seed)
-  results.update(dequant_samples=FLAGS.dequant_samples, checkpoint_step=step,
+  evaluator = Evaluator(model, dequant_samples=FLAGS.dequant_samples,
+                        seed=FLAGS.seed)
+  results = evaluator(source, FLAGS.eval_examples or None).summary()
+  results.update(checkpoint_step=step,
                  checkpoint=checkpoint or tf.train.latest_checkpoint(model_dir),
-                 dataset=source.name, split=source.eval_split_name)
+                 dataset=source.name, split=source.eval_split_name,
+                 dequantization=model.config.dequantization)
   with open(os.path.join(model_dir, 'eval_results.json'), 'w') as f:
     json.dump(results, f, indent=2)
   writers = summaries.SummaryWriters(model_dir, enabled=True)
-  writers.scalars('eval', step, {'bits_per_dim': results['bits_per_dim']})
-  print(f"{source.name} {source.eval_split_name}: {results['bits_per_dim']:.4f} "
-        f"± {results['std_error']:.4f} bits/dim over {results['num_examples']} "
-        f"images × {FLAGS.dequant_samples} dequantization draw(s), step {step}")
+  writers.scalars('eval', step, {
+      'bits_per_dim': results['bits_per_dim'],
+      'bits_per_dim_iw': results['bits_per_dim_iw']})
+  print(f"{source.name} {source.eval_split_name}, step {step}, "
+        f"{results['num_examples']} images × {FLAGS.dequant_samples} "
+        f"{model.config.dequantization} dequantization draw(s): bound "
+        f"{results['bits_per_dim']:.4f} ± {results['std_error']:.4f}, "
+        f"importance-weighted {results['bits_per_dim_iw']:.4f} ± "
+        f"{results['std_error_iw']:.4f} bits/dim")
   if FLAGS.figures:
     _write_figures(model, source, model_dir, step, writers)
   if FLAGS.export_dir:

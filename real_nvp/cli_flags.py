@@ -10,6 +10,7 @@ from absl import flags
 
 from real_nvp import config as config_lib
 from real_nvp import data, distribute
+from real_nvp.dequantization import DEQUANTIZERS
 from real_nvp.train_lib import TrainConfig
 
 __all__ = ['define_flags', 'flow_config', 'train_config', 'model_dir']
@@ -42,6 +43,9 @@ def define_flags():
                      'Clip gradients to this global norm.')
   flags.DEFINE_float('weight_decay', defaults.weight_decay,
                      'L2 coefficient on the weight-normalization gains.')
+  flags.DEFINE_integer('train_dequant_samples', defaults.train_dequant_samples,
+                       'Dequantization draws K per image in training; K > 1 '
+                       'trains on the K-draw importance-weighted bound.')
   flags.DEFINE_integer('max_nonfinite', defaults.max_nonfinite,
                        'Stop after this many consecutive non-finite steps.')
   flags.DEFINE_enum('mixed_precision', None, ['bfloat16', 'float16'],
@@ -74,10 +78,21 @@ def define_flags():
   flags.DEFINE_float('bn_momentum', None, 'Batch-norm moving-average momentum.')
   flags.DEFINE_bool('bn_lag', None, 'Appendix E running-average statistics.')
   flags.DEFINE_float('alpha', None, 'Logit preprocessing margin.')
+  flags.DEFINE_enum('dequantization', None, list(DEQUANTIZERS),
+                    'uniform: u = x + U[0, 1) (the paper, the default); '
+                    'variational: a learned conditional flow (Flow++).')
+  flags.DEFINE_integer('dequant_couplings', None,
+                       'Variational dequantizer: couplings per mask type.')
+  flags.DEFINE_integer('dequant_feature_maps', None,
+                       'Variational dequantizer: feature maps of its networks.')
+  flags.DEFINE_integer('dequant_blocks', None,
+                       'Variational dequantizer: residual blocks of its networks.')
 
 
 _ARCHITECTURE_FLAGS = ('num_scales', 'num_blocks', 'feature_maps',
-                       'flow_batch_norm', 'bn_momentum', 'bn_lag', 'alpha')
+                       'flow_batch_norm', 'bn_momentum', 'bn_lag', 'alpha',
+                       'dequantization', 'dequant_couplings',
+                       'dequant_feature_maps', 'dequant_blocks')
 
 
 def flow_config(source, flag_values=flags.FLAGS):
@@ -119,7 +134,8 @@ def train_config(flag_values=flags.FLAGS):
       log_every_secs=flag_values.log_every_secs,
       sample_temperatures=tuple(float(t) for t in flag_values.sample_temperatures),
       num_samples=flag_values.num_samples, seed=flag_values.seed,
-      jit_compile=flag_values.xla, mixed_precision=flag_values.mixed_precision)
+      jit_compile=flag_values.xla, mixed_precision=flag_values.mixed_precision,
+      train_dequant_samples=flag_values.train_dequant_samples)
 
 
 def model_dir(flag_values=flags.FLAGS):

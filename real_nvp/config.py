@@ -24,6 +24,11 @@ class FlowConfig:
     bn_momentum: momentum of all batch-norm moving averages.
     bn_lag: Appendix E's running-average statistics in training mode.
     alpha: boundary margin of the logit preprocessing (paper §4.1).
+    dequantization: 'uniform' (the paper: u = x + U[0, 1)) or 'variational'
+      (Flow++: a learned conditional flow; see dequantization.py).
+    dequant_couplings, dequant_feature_maps, dequant_blocks: size of the
+      variational dequantizer: couplings per mask type, feature maps and
+      residual blocks of its s/t and context networks.
   """
   image_shape: tuple = (8, 8, 1)
   levels: int = 256
@@ -34,6 +39,10 @@ class FlowConfig:
   bn_momentum: float = 0.95
   bn_lag: bool = False
   alpha: float = 0.05
+  dequantization: str = 'uniform'
+  dequant_couplings: int = 2
+  dequant_feature_maps: int = 32
+  dequant_blocks: int = 1
 
   def __post_init__(self):
     object.__setattr__(self, 'image_shape', tuple(int(d) for d in self.image_shape))
@@ -62,6 +71,18 @@ class FlowConfig:
     if not 0. <= self.bn_momentum < 1.:
       raise ValueError('`bn_momentum` must be in [0, 1). Received: '
                        f'bn_momentum={self.bn_momentum}')
+
+    if self.dequantization not in ('uniform', 'variational'):
+      raise ValueError("`dequantization` must be 'uniform' or 'variational'. "
+                       f'Received: dequantization={self.dequantization!r}')
+    if (self.dequant_couplings < 1 or self.dequant_feature_maps < 1 or
+        self.dequant_blocks < 0):
+      raise ValueError(
+          '`dequant_couplings` and `dequant_feature_maps` must be >= 1 and '
+          '`dequant_blocks` >= 0. Received: '
+          f'dequant_couplings={self.dequant_couplings}, '
+          f'dequant_feature_maps={self.dequant_feature_maps}, '
+          f'dequant_blocks={self.dequant_blocks}')
 
   @property
   def num_dims(self):
@@ -98,7 +119,7 @@ PRESETS = {
                         feature_maps=32),
     # 16 feature maps: 1,617 training digits overfit a wider net (measured).
     'digits': FlowConfig((8, 8, 1), levels=17, num_scales=2, num_blocks=2,
-                         feature_maps=16),
+                         feature_maps=16, dequant_feature_maps=16),
 }
 
 

@@ -306,8 +306,11 @@ def train_dataset(source, global_batch_size, seed, start_step=0,
 
 
 def eval_dataset(source, global_batch_size, num_examples=None,
-                 input_context=None):
-  """The held-out split in its stored order (first `num_examples`), uint8."""
+                 input_context=None, with_indices=False):
+  """The held-out split in its stored order (first `num_examples`), uint8.
+
+  `with_indices`: elements are (index in the split [b] int64, images).
+  """
   split = source.eval
   ds = (tf.data.Dataset.from_tensor_slices(split.images)
         if split.images is not None else split.dataset_fn())
@@ -315,6 +318,8 @@ def eval_dataset(source, global_batch_size, num_examples=None,
     ds = ds.map(lambda image: split.transform(image, None),
                 num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda image: tf.ensure_shape(image, source.image_shape))
+  if with_indices:
+    ds = ds.enumerate()
   if num_examples:
     ds = ds.take(num_examples)
   batch = global_batch_size

@@ -1,5 +1,14 @@
-"""Held-out bits/dim of a trained model with several dequantization draws."""
+"""Held-out bits/dim: the one evaluation loop (train.py's periodic evaluation,
+eval.py), under any tf.distribute strategy.
 
+Every image's dequantization noise comes from (seed, the image's index in
+the split), so the result does not depend on the batch size or on how the
+batches are split across replicas. Each image is scored with K draws
+(`dequant_samples`): the bound (mean over the draws) and the
+importance-weighted estimate (see `RealNVP.bits_per_dim_estimates`).
+"""
+
+import dataclasses
 import math
 
 import numpy as np
@@ -7,30 +16,79 @@ import tensorflow as tf
 
 from real_nvp import data
 
-__all__ = ['bits_per_dim_statistics']
+__all__ = ['Evaluator', 'Evaluation']
 
 
-def bits_per_dim_statistics(model, source, batch_size=256, num_examples=None,
-                            dequant_samples=1, seed=0):
-  """Mean bits/dim over a split and its standard error, in inference mode.
+@dataclasses.dataclass
+class Evaluation:
+  """Per-image results, ordered by the image's index in the split."""
+  indices: np.ndarray
+  bits_per_dim: np.ndarray
+  bits_per_dim_iw: np.ndarray
+  dequant_samples: int
 
-  Each image's bits/dim is averaged over `dequant_samples` uniform-noise
-  draws; the standard error is that of the mean over images.
-  Returns {'bits_per_dim', 'std_error', 'num_examples'}.
+  def summary(self):
+    """Means and their standard errors over the images, as plain numbers."""
+    count = len(self.indices)
+
+    def mean_and_error(values):
+      values = values.astype(np.float64)
+      error = values.std(ddof=1) / math.sqrt(count) if count > 1 else math.nan
+      return float(values.mean()) if count else math.nan, float(error)
+
+    bound, bound_error = mean_and_error(self.bits_per_dim)
+    iw, iw_error = mean_and_error(self.bits_per_dim_iw)
+    return {'bits_per_dim': bound, 'std_error': bound_error,
+            'bits_per_dim_iw': iw, 'std_error_iw': iw_error,
+            'num_examples': count, 'dequant_samples': self.dequant_samples}
+
+
+class Evaluator:
+  """Scores a split with `model` in inference mode (batch-norm averages).
+
+  Args:
+    model: a `RealNVP`, created under `strategy`'s scope when one is given.
+    strategy: a tf.distribute strategy; default: the current one.
+    batch_size: global batch size.
+    dequant_samples: dequantization draws K per image.
+    seed: seed of the dequantization noise.
   """
-  if dequant_samples < 1:
-    raise ValueError(f'dequant_samples must be >= 1; got {dequant_samples}')
-  dataset = data.eval_dataset(source, batch_size, num_examples)
-  # Batch dimension None: one graph for every batch, the last one included.
-  score = tf.function(lambda images, seed: model.bits_per_dim(images, seed=seed),
-                      input_signature=[dataset.element_spec, tf.TensorSpec([2], tf.int64)])
-  per_image = []
-  for index, images in enumerate(dataset):
-    draws = [score(images, tf.constant([seed, index * dequant_samples + k], tf.int64))
-             for k in range(dequant_samples)]
-    per_image.append(tf.reduce_mean(tf.stack(draws), axis=0).numpy())
-  per_image = np.concatenate(per_image).astype(np.float64)
-  count = len(per_image)
-  std_error = per_image.std(ddof=1) / math.sqrt(count) if count > 1 else math.nan
-  return {'bits_per_dim': float(per_image.mean()), 'std_error': float(std_error),
-          'num_examples': count}
+
+  def __init__(self, model, strategy=None, batch_size=256, dequant_samples=1,
+               seed=0):
+    if batch_size < 1:
+      raise ValueError(f'batch_size must be >= 1; got {batch_size}')
+    if dequant_samples < 1:
+      raise ValueError(f'dequant_samples must be >= 1; got {dequant_samples}')
+    self.model = model
+    self.strategy = strategy or tf.distribute.get_strategy()
+    self.batch_size = batch_size
+    self.dequant_samples = dequant_samples
+    self.seed = seed
+    self.step = None  # Traced for the data set's element spec on first use.
+
+  def _replica_step(self, indices, images):
+    seeds = tf.stack([tf.fill(tf.shape(indices), tf.constant(self.seed, tf.int64)),
+                      indices], axis=1)
+    estimates = self.model.bits_per_dim_estimates(images, seeds, self.dequant_samples)
+    return indices, estimates['bits_per_dim'], estimates['bits_per_dim_iw']
+
+  def _step_fn(self, batch):
+    return self.strategy.run(self._replica_step, args=batch)
+
+  def __call__(self, source, num_examples=None):
+    """An `Evaluation` of `source`'s held-out split (its first `num_examples`)."""
+    dataset = self.strategy.distribute_datasets_from_function(
+        lambda ctx: data.eval_dataset(source, self.batch_size, num_examples or None,
+                                      ctx, with_indices=True))
+    if self.step is None:
+      # A batch dimension of None: the last, smaller batch needs no new graph.
+      self.step = tf.function(self._step_fn, input_signature=[dataset.element_spec])
+    parts = [[], [], []]
+    for batch in dataset:
+      for part, values in zip(parts, self.step(batch)):
+        part.extend(v.numpy() for v in self.strategy.experimental_local_results(values))
+    indices, bound, iw = (np.concatenate(p) if p else np.zeros([0]) for p in parts)
+    order = np.argsort(indices, kind='stable')
+    return Evaluation(indices[order].astype(np.int64), bound[order], iw[order],
+                      self.dequant_samples)

@@ -9,7 +9,12 @@ Signatures (H, W, C and the number of levels L fixed by the trained model):
   log_prob(pixels: float32 [n, H, W, C] in [0, L))
       -> {'log_prob': float32 [n]}, nats, of dequantized pixel values
   bits_per_dim(images: uint8 [n, H, W, C], seed: int32)
-      -> {'bits_per_dim': float32 [n]}, uniform dequantization
+      -> {'bits_per_dim': float32 [n]}, one draw of the model's own
+         dequantizer (uniform or variational): the bound
+  bits_per_dim_iw(images: uint8 [n, H, W, C], seed: int32, num_samples: int32)
+      -> {'bits_per_dim': float32 [n], 'bits_per_dim_iw': float32 [n]}: the
+         bound (mean over K = num_samples draws) and the K-draw
+         importance-weighted estimate, which is lower
   encode(images: uint8 [n, H, W, C])
       -> {'z': float32 [n, H, W, C], 'scale_1': ..., 'scale_S': ...}
   decode(z: float32 [n, H, W, C]) -> {'images': uint8 [n, H, W, C]}
@@ -48,6 +53,9 @@ class _ExportModule(tf.Module):
     self.log_prob = tf.function(self._log_prob, input_signature=[pixels])
     self.bits_per_dim = tf.function(self._bits_per_dim, input_signature=[
         image, tf.TensorSpec([], tf.int32, name='seed')])
+    self.bits_per_dim_iw = tf.function(self._bits_per_dim_iw, input_signature=[
+        image, tf.TensorSpec([], tf.int32, name='seed'),
+        tf.TensorSpec([], tf.int32, name='num_samples')])
     self.encode = tf.function(self._encode, input_signature=[image])
     self.decode = tf.function(self._decode, input_signature=[latent])
 
@@ -64,6 +72,13 @@ class _ExportModule(tf.Module):
   def _bits_per_dim(self, images, seed):
     return {'bits_per_dim': self._model.bits_per_dim(images, seed=seed)}
 
+  def _bits_per_dim_iw(self, images, seed, num_samples):
+    with tf.control_dependencies([tf.debugging.assert_positive(
+        num_samples, message='num_samples must be >= 1')]):
+      num_samples = tf.identity(num_samples)
+    return self._model.bits_per_dim_estimates(images, seed=seed,
+                                              num_samples=num_samples)
+
   def _encode(self, images):
     latents = self._model.encode(images)
     outputs = {f'scale_{i + 1}': z for i, z in enumerate(latents)}
@@ -78,7 +93,8 @@ def export_saved_model(model, export_dir):
   """Writes `model` as a SavedModel with the signatures of the module docstring."""
   module = _ExportModule(model)
   signatures = {name: getattr(module, name) for name in
-                ('sample', 'log_prob', 'bits_per_dim', 'encode', 'decode')}
+                ('sample', 'log_prob', 'bits_per_dim', 'bits_per_dim_iw',
+                 'encode', 'decode')}
   tf.saved_model.save(module, export_dir, signatures=signatures)
   with open(os.path.join(export_dir, 'real_nvp_config.json'), 'w') as f:
     json.dump(json.loads(model.config.to_json()), f, indent=2, sort_keys=True)

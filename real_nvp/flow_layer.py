@@ -22,8 +22,9 @@ class FlowLayer(keras.layers.Layer):
   """Base class for the flow's invertible layers (see the module docstring).
 
   Subclasses implement `call(x, training=False) -> (y, log_det)` and
-  `decode(y) -> (x, log_det)`, and override the shape methods if they change
-  the event shape.
+  `decode(y) -> (x, log_det)`, override the shape methods if they change
+  the event shape, and `regularized_weights` / `flops_per_example` if they
+  hold networks (the trainer's L2 penalty and the benchmark ask every layer).
   """
 
   def encoded_shape(self, data_shape):
@@ -33,6 +34,14 @@ class FlowLayer(keras.layers.Layer):
   def decoded_shape(self, latent_shape):
     """Event shape [H, W, C] on the data side for a latent-side event shape."""
     return list(latent_shape)
+
+  def regularized_weights(self):
+    """Weights under the paper's L2 penalty (weight-norm gains); none by default."""
+    return []
+
+  def flops_per_example(self):
+    """Analytic forward FLOPs of the layer's networks for one example; 0 by default."""
+    return 0
 
   def _check_built(self):
     if not self.built:

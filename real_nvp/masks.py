@@ -6,7 +6,7 @@ network); 0 marks a dimension it transforms (`x_b`).
 
 import numpy as np
 
-__all__ = ['checkerboard', 'channel_mask']
+__all__ = ['checkerboard']
 
 
 def checkerboard(height, width, parity=0, dtype='float32'):
@@ -21,18 +21,3 @@ def checkerboard(height, width, parity=0, dtype='float32'):
   mask = ((rows + cols) % 2 == parity).astype(dtype)
   return mask[:, :, None]
 
-
-def channel_mask(channels, parity=0, dtype='float32'):
-  """Channel-wise mask of shape [1, 1, C]: 1 on the first half of the channels.
-
-  `parity=1` selects the second half instead. `channels` must be even.
-  """
-  if parity not in (0, 1):
-    raise ValueError(f'`parity` must be 0 or 1. Received: parity={parity}')
-  if channels % 2:
-    raise ValueError(
-        f'A channel mask needs an even number of channels. Received: '
-        f'channels={channels}')
-  first_half = np.arange(channels) < channels // 2
-  mask = first_half if parity == 0 else ~first_half
-  return mask.astype(dtype)[None, None, :]

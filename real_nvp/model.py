@@ -1,8 +1,9 @@
-"""The Real NVP model: preprocessing, the multi-scale flow and the prior.
+"""The Real NVP model: dequantization, preprocessing, the multi-scale flow,
+the prior, and the objective (bits/dim of uint8 images).
 
 This is the only module that knows the order of the flow (paper §3.6):
 
-    uint8 x -> dequantize -> u in [0, L) -> logit -> w -> scale 1 -> ... -> z
+    uint8 x -> dequantize -> u in [x, x + 1) -> logit -> w -> scale 1 -> ... -> z
 
 Scale i < last, data -> latent, on h [H, W, C]:
     3 checkerboard couplings (alternating masks), each followed by flow BN
@@ -14,7 +15,16 @@ Last scale: 4 checkerboard couplings, each followed by flow BN.
 
 The latent z has the image's shape, so the prior is a unit Gaussian over
 [H, W, C]; `split_latents` / `merge_latents` give the per-scale latents.
+
+The objective is the model's: `log_weights` draws K dequantizations
+u_k ~ q(u|x) from a stateless seed and returns log p(u_k) - log q(u_k|x);
+`bits_per_dim_estimates` turns them into the bound and the
+importance-weighted estimate in the data's own pixel space (see
+dequantization.py). Training, evaluation and the SavedModel all call these.
 """
+
+import math
+
 
 import keras
 import tensorflow as tf
@@ -24,7 +34,8 @@ from real_nvp import preprocess
 from real_nvp.batch_norm import FlowBatchNorm
 from real_nvp.bijectors import FactorOut, FlowLayerBijector
 from real_nvp.config import FlowConfig
-from real_nvp.coupling import AffineCoupling
+from real_nvp.coupling import Coupling
+from real_nvp.dequantization import base_noise, make_dequantizer, stateless_seed
 from real_nvp.squeeze import Squeeze
 
 tfb = tfp.bijectors
@@ -51,6 +62,7 @@ class RealNVP(keras.Model):
       raise TypeError(f'`config` must be a FlowConfig. Received: {config!r}')
     self.config = config
     self._st_dtype = st_dtype
+    self.dequantizer = make_dequantizer(config, st_dtype)
     self.preprocess = preprocess.LogitPreprocess(
         config.levels, config.alpha, name='preprocess')
     self.scales = [self._make_scale(i) for i in range(config.num_scales)]
@@ -61,7 +73,7 @@ class RealNVP(keras.Model):
   def _coupling_steps(self, mask_type, count, feature_maps, prefix):
     steps = []
     for k in range(count):
-      steps.append(AffineCoupling(
+      steps.append(Coupling(
           mask_type, parity=k % 2, num_blocks=self.config.num_blocks,
           feature_maps=feature_maps, bn_momentum=self.config.bn_momentum,
           st_dtype=self._st_dtype, name=f'{prefix}_{mask_type}{k}'))
@@ -82,8 +94,8 @@ class RealNVP(keras.Model):
             self._coupling_steps('channel', 3, 2 * feature_maps, prefix))
 
   def _build_layers(self):
-    self.bijector().inverse(
-        tf.zeros((1,) + self.config.image_shape, self.compute_dtype))
+    images = tf.zeros((1,) + self.config.image_shape, tf.uint8)
+    self.log_weights(images)
     self.built = True
 
   # --- the flow as TFP objects --------------------------------------------
@@ -149,8 +161,8 @@ class RealNVP(keras.Model):
       pixels = tf.identity(pixels)  # carries the checks
     return self.distribution(training).log_prob(pixels)
 
-  def dequantize(self, images, seed):
-    """uint8 [B, H, W, C] -> u = images + U[0, 1) (stateless `seed`: int or [2])."""
+  def _check_uint8_images(self, images):
+    """uint8 [B, H, W, C] below `levels`, or a clear error."""
     images = tf.convert_to_tensor(images)
     if images.dtype != tf.uint8:
       raise TypeError(f'images must be uint8. Received dtype {images.dtype.name}')
@@ -158,14 +170,74 @@ class RealNVP(keras.Model):
     with tf.control_dependencies([tf.debugging.assert_less(
         tf.cast(images, tf.int32), self.config.levels,
         message=f'images must be < levels={self.config.levels}')]):
-      noise = tf.random.stateless_uniform(
-          tf.shape(images), seed=_stateless_seed(seed), dtype=self.compute_dtype)
-      return preprocess.dequantize(images, self.config.levels, noise)
+      return tf.identity(images)
 
-  def bits_per_dim(self, images, seed=(0, 0), training=False):
-    """Bits/dim of uint8 images [B, H, W, C] under uniform dequantization. -> [B]."""
-    log_prob = self.log_prob(self.dequantize(images, seed), training)
-    return preprocess.bits_per_dim(log_prob, self.config.num_dims)
+  def _dequantization_inputs(self, images, seed, num_samples, training):
+    """Checked images, base noise [K, B, H, W, C] and the dequantizer's context."""
+    images = self._check_uint8_images(images)
+    noise = base_noise(self.dequantizer.noise_distribution, images, seed,
+                       num_samples, self.compute_dtype)
+    return images, noise, self.dequantizer.context(images, training)
+
+  def dequantize(self, images, seed=(0, 0), training=False):
+    """One draw u ~ q(u|x) [B, H, W, C] in [x, x + 1) and log q(u|x) [B], nats.
+
+    `images`: uint8 [B, H, W, C]. `seed`: a stateless seed, int or [2] (one
+    draw for the batch, see `dequantization.base_noise`) or [B, 2] (one per
+    image).
+    """
+    images, noise, context = self._dequantization_inputs(images, seed, 1, training)
+    return self.dequantizer.transform(images, noise[0], context, training)
+
+  def log_weights(self, images, seed=(0, 0), num_samples=1, training=False):
+    """log p(u_k) - log q(u_k|x) in nats, [K, B], u_k ~ q(u|x), k < K.
+
+    `images`, `seed`: see `dequantize`. `num_samples` (K) may be a Python
+    int or a scalar tensor. In training mode the K draws form one batch of
+    K B examples (batch statistics over all of them); in inference mode they
+    are scored one after the other, so memory does not grow with K.
+    """
+    images, noise, context = self._dequantization_inputs(
+        images, seed, num_samples, training)
+
+    def log_weight(images, noise, context):
+      u, log_q = self.dequantizer.transform(images, noise, context, training)
+      return self.log_prob(u, training) - log_q
+
+    if isinstance(num_samples, int) and num_samples == 1:
+      return log_weight(images, noise[0], context)[None]
+    if training:
+      def tile(t):
+        return None if t is None else tf.tile(t, tf.concat(
+            [[num_samples], tf.ones([t.shape.rank - 1], tf.int32)], 0))
+      tiled = tile(images)
+      flat = log_weight(tiled, tf.reshape(noise, tf.shape(tiled)), tile(context))
+      return tf.reshape(flat, tf.stack([num_samples, tf.shape(images)[0]]))
+    return tf.map_fn(lambda n: log_weight(images, n, context), noise,
+                     fn_output_signature=tf.TensorSpec(None, self.compute_dtype))
+
+  def bits_per_dim_estimates(self, images, seed=(0, 0), num_samples=1,
+                             training=False):
+    """Per-image bits/dim of uint8 images from K dequantization draws.
+
+    Returns {'bits_per_dim': [B], 'bits_per_dim_iw': [B]}:
+      bound = -mean_k(log w_k) / (D ln 2)
+      iw    = -(logsumexp_k(log w_k) - log K) / (D ln 2)  <= bound
+    with log w_k = log p(u_k) - log q(u_k|x) (see `log_weights`); equal for K = 1.
+    """
+    log_w = self.log_weights(images, seed, num_samples, training)
+    count = tf.cast(tf.shape(log_w)[0], log_w.dtype)
+    nats_per_bit_dim = self.config.num_dims * math.log(2.)
+    return {
+        'bits_per_dim': -tf.reduce_mean(log_w, axis=0) / nats_per_bit_dim,
+        'bits_per_dim_iw': -(tf.reduce_logsumexp(log_w, axis=0) -
+                             tf.math.log(count)) / nats_per_bit_dim,
+    }
+
+  def bits_per_dim(self, images, seed=(0, 0), training=False, num_samples=1):
+    """Bits/dim of uint8 images [B, H, W, C] (the bound, mean over K draws). -> [B]."""
+    return self.bits_per_dim_estimates(images, seed, num_samples,
+                                       training)['bits_per_dim']
 
   # --- generation and latents ---------------------------------------------
 
@@ -179,7 +251,7 @@ class RealNVP(keras.Model):
       z = tf.random.normal(shape, dtype=self.compute_dtype)
     else:
       z = tf.random.stateless_normal(
-          shape, seed=_stateless_seed(seed), dtype=self.compute_dtype)
+          shape, seed=stateless_seed(seed), dtype=self.compute_dtype)
     return self.bijector().forward(z * tf.cast(temperature, z.dtype))
 
   def sample(self, num_samples, temperature=1., seed=None):
@@ -226,13 +298,23 @@ class RealNVP(keras.Model):
       z = tf.nn.depth_to_space(tf.concat([factored, z], axis=-1), 2)
     return z
 
-  # --- regularization ----------------------------------------------------------
+  # --- regularization and cost ---------------------------------------------------
+
+  def _components(self):
+    """The dequantizer and every flow layer, data side first."""
+    return [self.dequantizer, self.preprocess] + [
+        layer for steps in self.scales for layer in steps]
 
   @property
   def weight_norm_gains(self):
-    """Weight-normalization gains of every s/t network (paper: L2 5e-5)."""
-    return [gain for steps in self.scales for layer in steps
-            if isinstance(layer, AffineCoupling) for gain in layer.gains]
+    """The weights under the paper's L2 penalty (5e-5): every layer's
+    `regularized_weights`, the dequantizer's included."""
+    return [weight for layer in self._components()
+            for weight in layer.regularized_weights()]
+
+  def flops_per_example(self):
+    """Analytic forward FLOPs of every network of the model for one image."""
+    return sum(layer.flops_per_example() for layer in self._components())
 
   def get_config(self):
     return {'config': self.config.to_json(), 'st_dtype': self._st_dtype}
@@ -241,9 +323,3 @@ class RealNVP(keras.Model):
   def from_config(cls, config):
     return cls(FlowConfig.from_json(config['config']), config.get('st_dtype'))
 
-
-def _stateless_seed(seed):
-  seed = tf.convert_to_tensor(seed)
-  if seed.shape.rank == 0:
-    return tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
-  return seed

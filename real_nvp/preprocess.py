@@ -1,7 +1,7 @@
-"""Dequantization and the logit transform of the data (paper §4.1).
+"""The logit transform of the data (paper §4.1), and quantization back to pixels.
 
-Pixels take L levels {0, ..., L-1}. Training adds uniform noise, giving
-dequantized pixels u in [0, L)^D. The flow models
+Pixels take L levels {0, ..., L-1}; dequantization (dequantization.py)
+gives continuous pixels u in [0, L)^D. The flow models
 
     w = logit(p),   p = alpha + (1 - alpha) * u / L
 
@@ -9,41 +9,23 @@ and this map's log-det is part of the likelihood, so densities and bits/dim
 are those of u in the data's own pixel space:
 
     log|det dw/du| = sum_d [log(1 - alpha) - log L - log p_d - log(1 - p_d)]
-    bits/dim = -log p_U(u) / (D * ln 2)
 
 u, w: [B, H, W, C]; log-dets: [B].
 """
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
 from real_nvp.flow_layer import FlowLayer
 
-__all__ = ['LogitPreprocess', 'dequantize', 'quantize', 'bits_per_dim']
-
-
-def dequantize(images, levels, noise):
-  """uint8 pixels [B, H, W, C] + noise in [0, 1) -> u, clamped below `levels`.
-
-  The clamp keeps u < L after float32 rounding (255 + 0.99999994 rounds to
-  256.0), where the logit would be infinite.
-  """
-  pixels = tf.cast(images, noise.dtype)
-  below_levels = np.nextafter(np.array(levels, noise.dtype.as_numpy_dtype), 0)
-  return tf.minimum(pixels + noise, below_levels)
+__all__ = ['LogitPreprocess', 'quantize']
 
 
 def quantize(u, levels):
   """Dequantized pixels u -> uint8 pixels floor(u), clipped to [0, L-1]."""
   pixels = tf.clip_by_value(tf.floor(u), 0., levels - 1.)
   return tf.cast(pixels, tf.uint8)
-
-
-def bits_per_dim(log_prob, num_dims):
-  """Bits per dimension of a log-density in nats over `num_dims` dimensions."""
-  return -log_prob / (num_dims * math.log(2.))
 
 
 class LogitPreprocess(FlowLayer):

@@ -1,8 +1,8 @@
-"""The s/t network of an affine coupling: a weight-normalized residual CNN.
+"""The s/t network of a coupling: a weight-normalized residual CNN.
 
 Paper §3.4 and §4.1: s and t are deep convolutional ResNets with rectifiers,
-batch normalization and weight normalization; s is `scale * tanh(raw_s)` with
-a learned per-channel scale, t is affine.
+batch normalization and weight normalization. The network returns raw
+parameters; the coupling's transform (transforms.py) turns them into s and t.
 """
 
 import keras
@@ -34,6 +34,7 @@ class WeightNormConv2D(keras.layers.Layer):
 
   def build(self, input_shape):
     in_channels = input_shape[-1]
+    self._pixels = input_shape[1] * input_shape[2]
     self.direction = self.add_weight(
         name='direction',
         shape=(self.kernel_size, self.kernel_size, in_channels, self.filters),
@@ -49,6 +50,11 @@ class WeightNormConv2D(keras.layers.Layer):
     kernel = self.direction * (self.gain / norm)
     return tf.nn.bias_add(
         tf.nn.conv2d(x, kernel, strides=1, padding='SAME'), self.bias)
+
+  def flops_per_example(self):
+    """2 x multiply-adds of the convolution for one example (stride 1, SAME)."""
+    k, _, c_in, c_out = self.direction.shape
+    return 2 * k * k * c_in * c_out * self._pixels
 
   def get_config(self):
     return {**super().get_config(), 'filters': self.filters,
@@ -121,23 +127,24 @@ class ResidualBatchNorm(keras.layers.Layer):
 
 
 class STNetwork(keras.layers.Layer):
-  """Residual CNN returning (s, t), each [B, H, W, out_channels].
+  """Residual CNN x [B, H, W, c_in] (+ context [B, H, W, f]) -> [B, H, W, out_channels].
 
-      h = conv3x3(x)
+      h = conv3x3(concat(x, context))
       h = h + conv3x3(relu(bn(conv3x3(relu(bn(h))))))    num_blocks times
-      raw_s, t = split(conv3x3(relu(bn(h))))
-      s = scale * tanh(raw_s)
+      out = conv3x3(relu(bn(h)))
 
-  The last convolution is zero-initialized, so s = t = 0 and every coupling
-  starts as the identity. The batch norms use global statistics across
-  replicas (see ResidualBatchNorm). With a mixed dtype policy (`dtype=
-  'mixed_bfloat16'`) the network computes in low precision and returns s and
-  t in the variable dtype (float32), so the coupling and its log-det stay in
-  float32.
+  A coupling's s/t network: `out` holds the raw parameters of its
+  element-wise transform (for the affine one, raw s and t). With
+  `zero_init_output=True` (the default) the last convolution starts at zero,
+  so every coupling starts as the identity; the dequantizer's context network
+  uses False. The batch norms use global statistics across replicas (see
+  ResidualBatchNorm). With a mixed dtype policy (`dtype='mixed_bfloat16'`)
+  the network computes in low precision and returns `out` in the variable
+  dtype (float32), so the coupling and its log-det stay in float32.
   """
 
   def __init__(self, out_channels, num_blocks, feature_maps, bn_momentum=0.95,
-               **kwargs):
+               zero_init_output=True, **kwargs):
     super().__init__(**kwargs)
     if num_blocks < 0:
       raise ValueError(
@@ -146,6 +153,7 @@ class STNetwork(keras.layers.Layer):
     self.num_blocks = num_blocks
     self.feature_maps = feature_maps
     self.bn_momentum = bn_momentum
+    self.zero_init_output = zero_init_output
 
   def _batch_norm(self, name):
     return ResidualBatchNorm(self.bn_momentum, name=name, dtype=self.dtype_policy)
@@ -165,30 +173,37 @@ class STNetwork(keras.layers.Layer):
           self._conv(self.feature_maps, f'block{i}_conv1'),
       ])
     self.out_bn = self._batch_norm('out_bn')
-    self.out_conv = self._conv(2 * self.out_channels, 'out_conv', zero_init=True)
-    self.log_scale_factor = self.add_weight(
-        name='log_scale_factor', shape=(self.out_channels,),
-        initializer='ones', autocast=False)  # s is computed in float32
+    self.out_conv = self._conv(self.out_channels, 'out_conv',
+                               zero_init=self.zero_init_output)
 
-  def call(self, x, training=False):
-    h = self.in_conv(tf.cast(x, self.compute_dtype))
+  def call(self, x, context=None, training=False):
+    x = tf.cast(x, self.compute_dtype)
+    if context is not None:
+      x = tf.concat([x, tf.cast(context, self.compute_dtype)], axis=-1)
+    h = self.in_conv(x)
     for bn0, conv0, bn1, conv1 in self.blocks:
       r = conv0(tf.nn.relu(bn0(h, training=training)))
       r = conv1(tf.nn.relu(bn1(r, training=training)))
       h = h + r
     h = self.out_conv(tf.nn.relu(self.out_bn(h, training=training)))
-    raw_s, t = tf.split(tf.cast(h, self.variable_dtype), 2, axis=-1)
-    return self.log_scale_factor * tf.tanh(raw_s), t
+    return tf.cast(h, self.variable_dtype)
+
+  @property
+  def _convs(self):
+    return ([self.in_conv, self.out_conv] +
+            [layer for block in self.blocks for layer in block[1::2]])
 
   @property
   def gains(self):
     """The weight-normalization gains (the paper's L2-penalized parameters)."""
-    convs = [self.in_conv, self.out_conv]
-    convs += [layer for block in self.blocks for layer in block
-              if isinstance(layer, WeightNormConv2D)]
-    return [conv.gain for conv in convs]
+    return [conv.gain for conv in self._convs]
+
+  def flops_per_example(self):
+    """Multiply-adds x 2 of the convolutions for one example, forward pass."""
+    return sum(conv.flops_per_example() for conv in self._convs)
 
   def get_config(self):
     return {**super().get_config(), 'out_channels': self.out_channels,
             'num_blocks': self.num_blocks, 'feature_maps': self.feature_maps,
-            'bn_momentum': self.bn_momentum}
+            'bn_momentum': self.bn_momentum,
+            'zero_init_output': self.zero_init_output}

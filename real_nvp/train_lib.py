@@ -19,8 +19,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from real_nvp import data, distribute, preprocess, summaries
+from real_nvp import data, distribute, summaries
 from real_nvp.config import FlowConfig
+from real_nvp.evaluation import Evaluator
 from real_nvp.model import RealNVP
 from real_nvp.optimizer import Adam
 
@@ -59,6 +60,7 @@ class TrainConfig:
   seed: int = 0
   jit_compile: bool = False  # XLA for the forward/backward pass
   mixed_precision: str = None  # None, 'bfloat16' or 'float16' (s/t networks)
+  train_dequant_samples: int = 1  # K > 1: the importance-weighted objective
 
 
 @keras.saving.register_keras_serializable('real_nvp')
@@ -163,6 +165,9 @@ class Trainer:
           '--xla needs --strategy=one_device (or tpu): the batch-norm moving '
           'averages of mirrored variables synchronize across replicas, which '
           'XLA-compiled code cannot do.')
+    if cfg.train_dequant_samples < 1:
+      raise ValueError('--train_dequant_samples must be >= 1; got '
+                       f'{cfg.train_dequant_samples}')
     if cfg.mixed_precision not in (None, 'bfloat16', 'float16'):
       raise ValueError("--mixed_precision must be bfloat16 or float16; got "
                        f"{cfg.mixed_precision!r}")
@@ -201,7 +206,7 @@ class Trainer:
         tf.function(self._local_gradients, jit_compile=True)
         if cfg.jit_compile else self._local_gradients)
     self._train_step = tf.function(self._train_step_fn)
-    self._eval_step = None  # Traced for the evaluation set's spec, on first use.
+    self.evaluator = Evaluator(self.model, strategy, cfg.batch_size, seed=cfg.seed + 1)
     self._stop_requested = False
 
   # --- state --------------------------------------------------------------
@@ -231,19 +236,18 @@ class Trainer:
   # --- steps ---------------------------------------------------------------
 
   def _replica_loss(self, images, step):
-    """Per-replica training loss; the dequantization noise is drawn for the
-    global batch from (seed, step) and sliced, so it does not depend on how
-    the batch is split across replicas."""
-    context = tf.distribute.get_replica_context()
-    replicas, replica = context.num_replicas_in_sync, context.replica_id_in_sync_group
-    local = tf.shape(images)[0]
-    noise = tf.random.stateless_uniform(
-        tf.concat([[local * replicas], tf.shape(images)[1:]], axis=0),
-        seed=tf.stack([tf.constant(self.cfg.seed, tf.int64), step]))
-    u = preprocess.dequantize(images, self.flow_config.levels,
-                              noise[replica * local:(replica + 1) * local])
-    log_prob = self.model.log_prob(u, training=True)
-    bpd = preprocess.bits_per_dim(log_prob, self.flow_config.num_dims)
+    """Per-replica training loss and the sum of its bits/dim.
+
+    The objective is the model's (bound, or the importance-weighted estimate
+    for train_dequant_samples > 1), with noise from (seed, step) drawn for the
+    global batch, so it does not depend on how the batch is split.
+    """
+    replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    estimates = self.model.bits_per_dim_estimates(
+        images, seed=tf.stack([tf.constant(self.cfg.seed, tf.int64), step]),
+        num_samples=self.cfg.train_dequant_samples, training=True)
+    bpd = estimates['bits_per_dim' if self.cfg.train_dequant_samples == 1
+                    else 'bits_per_dim_iw']
     l2 = tf.add_n([tf.reduce_sum(tf.square(g)) for g in self.model.weight_norm_gains])
     # Mean over the global batch; the penalty counted once over all replicas.
     loss = (tf.reduce_sum(bpd) / self.cfg.batch_size +
@@ -304,32 +308,11 @@ class Trainer:
     self.step.assign_add(1)
     return bpd, grad_norm, finite
 
-  def _eval_step_fn(self, images, batch_index):
-    def replica_fn(images):
-      context = tf.distribute.get_replica_context()
-      seed = tf.stack([tf.constant(self.cfg.seed + 1, tf.int64),
-                       batch_index * 1024 + tf.cast(context.replica_id_in_sync_group, tf.int64)])
-      bpd = self.model.bits_per_dim(images, seed=seed)
-      return tf.reduce_sum(bpd), tf.cast(tf.size(bpd), tf.float32)
-    sums = self.strategy.run(replica_fn, args=(images,))
-    return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
-
   # --- public loop ----------------------------------------------------------
 
   def evaluate(self, num_examples=None):
     """Held-out bits/dim in inference mode (BN moving averages)."""
-    dataset = self.strategy.distribute_datasets_from_function(
-        lambda ctx: data.eval_dataset(self.source, self.cfg.batch_size,
-                                      num_examples or None, ctx))
-    if self._eval_step is None:
-      # A batch dimension of None: the last, smaller batch needs no new graph.
-      self._eval_step = tf.function(self._eval_step_fn, input_signature=[
-          dataset.element_spec, tf.TensorSpec([], tf.int64)])
-    total, count = 0., 0.
-    for index, images in enumerate(dataset):
-      batch_sum, batch_count = self._eval_step(images, tf.constant(index, tf.int64))
-      total, count = total + float(batch_sum), count + float(batch_count)
-    return total / max(count, 1.)
+    return self.evaluator(self.source, num_examples).summary()['bits_per_dim']
 
   def write_samples(self, step):
     """Sample grids at each temperature: PNG (first temperature) and TensorBoard."""

@@ -1,7 +1,8 @@
 """Run as a subprocess by test_train.py: distributed training checks that need
 a fresh TensorFlow (logical devices, TF_CONFIG).
 
-  python distributed_helper.py replicas OUT.json   2 replicas vs one device
+  python distributed_helper.py replicas OUT.json [DEQUANTIZATION]
+                                                   2 replicas vs one device
   python distributed_helper.py worker OUT.npz DIR  one worker of TF_CONFIG's cluster
 """
 
@@ -18,22 +19,22 @@ import tensorflow as tf  # noqa: E402
 from real_nvp import data, distribute, preset  # noqa: E402
 from real_nvp.train_lib import TrainConfig, Trainer  # noqa: E402
 
-CONFIG = preset('digits', num_blocks=1, feature_maps=8)
+CONFIG = preset('digits', num_blocks=1, feature_maps=8, dequant_feature_maps=4)
 
 
 def _weights(trainer):
   return [v.numpy() for v in trainer.model.variables]
 
 
-def _train(strategy, model_dir, steps, batch_size=16):
+def _train(strategy, model_dir, steps, batch_size=16, config=CONFIG):
   source = data.load_dataset('digits')
-  config = TrainConfig(train_steps=steps, batch_size=batch_size, eval_every=0,
-                       eval_examples=64, checkpoint_every=steps, num_samples=4,
-                       seed=3, log_every_secs=1000.)
-  return Trainer(strategy, source, CONFIG, config, model_dir), source
+  train_config = TrainConfig(train_steps=steps, batch_size=batch_size, eval_every=0,
+                             eval_examples=64, checkpoint_every=steps, num_samples=4,
+                             seed=3, log_every_secs=1000.)
+  return Trainer(strategy, source, config, train_config, model_dir), source
 
 
-def replicas(out):
+def replicas(out, dequantization='uniform'):
   cpu = tf.config.list_physical_devices('CPU')[0]
   tf.config.set_logical_device_configuration(
       cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -41,10 +42,15 @@ def replicas(out):
   runs = {}
   for name in ('mirrored', 'one_device'):
     strategy = distribute.get_strategy(name)
-    trainer, source = _train(strategy, os.path.join(os.path.dirname(out), name), 3)
+    trainer, source = _train(strategy, os.path.join(os.path.dirname(out), name), 3,
+                             config=CONFIG.replace(dequantization=dequantization))
     dataset = iter(strategy.distribute_datasets_from_function(
         lambda ctx: data.train_dataset(source, 16, 3, 0, ctx)))
     losses = [float(trainer._train_step(next(dataset))[0]) for _ in range(3)]
+    # Held-out scores under the strategy (uneven last batch: 70 = 4 x 16 + 6).
+    evaluation = trainer.evaluator(source, 70)
+    results[f'eval_{name}'] = [evaluation.indices.tolist(),
+                               evaluation.bits_per_dim.tolist()]
     runs[name] = (losses, _weights(trainer), strategy.num_replicas_in_sync)
     if name == 'mirrored':  # Every replica's copy of every variable updated alike.
       state = [v.value for v in trainer.model.variables] + list(trainer.optimizer.variables)

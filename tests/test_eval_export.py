@@ -12,37 +12,53 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from real_nvp import data, distribute, evaluation, export, figures, preset
+from real_nvp import data, distribute, export, figures, preset
+from real_nvp.evaluation import Evaluator
 from real_nvp.train_lib import CheckpointMismatch, TrainConfig, Trainer, restore_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def _train(tmp_path_factory, dequantization):
   """A tiny model trained on the digits: (model_dir, restored, trained model)."""
-  model_dir = str(tmp_path_factory.mktemp('run'))
+  model_dir = str(tmp_path_factory.mktemp(dequantization))
   source = data.load_dataset('digits')
   config = TrainConfig(train_steps=30, batch_size=32, eval_every=0,
                        checkpoint_every=30, eval_examples=64, num_samples=4,
                        log_every_secs=100.)
   trainer = Trainer(distribute.get_strategy('one_device'), source,
-                    preset('digits', num_blocks=1, feature_maps=8), config, model_dir)
+                    preset('digits', num_blocks=1, feature_maps=8,
+                           dequantization=dequantization, dequant_feature_maps=8),
+                    config, model_dir)
   trainer.train()
   model, step = restore_model(model_dir)
   assert step == 30
   return model_dir, model, trainer.model
 
 
-def test_restored_model_equals_the_trained_one(trained):
-  _, model, original_model = trained
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  return _train(tmp_path_factory, 'uniform')
+
+
+@pytest.fixture(scope='module')
+def trained_variational(tmp_path_factory):
+  return _train(tmp_path_factory, 'variational')
+
+
+BOTH_DEQUANTIZERS = pytest.mark.parametrize('run', ['trained', 'trained_variational'])
+
+
+@BOTH_DEQUANTIZERS
+def test_restored_model_equals_the_trained_one(run, request):
+  _, model, original_model = request.getfixturevalue(run)
   for restored, original in zip(model.variables, original_model.variables):
     np.testing.assert_array_equal(restored.numpy(), original.numpy(), err_msg=restored.path)
   assert any(np.any(v.numpy() != 0) for v in model.non_trainable_variables
              if 'moving_mean' in v.path)
   images = data.load_dataset('digits').eval.images[:8]
-  np.testing.assert_array_equal(model.bits_per_dim(images),
-                                original_model.bits_per_dim(images))
+  np.testing.assert_array_equal(model.bits_per_dim(images, seed=5, num_samples=3),
+                                original_model.bits_per_dim(images, seed=5, num_samples=3))
 
 
 def test_restoring_another_architecture_is_refused(trained, tmp_path):
@@ -57,14 +73,29 @@ def test_restoring_another_architecture_is_refused(trained, tmp_path):
 def test_std_error_shrinks_with_more_dequantization_draws(trained):
   _, model, _ = trained
   source = data.load_dataset('digits')
-  one = evaluation.bits_per_dim_statistics(model, source, num_examples=64)
-  four = evaluation.bits_per_dim_statistics(model, source, num_examples=64,
-                                            dequant_samples=4)
-  more = evaluation.bits_per_dim_statistics(model, source)
+  one = Evaluator(model, dequant_samples=1)(source, 64).summary()
+  four = Evaluator(model, dequant_samples=4)(source, 64).summary()
+  more = Evaluator(model)(source).summary()
   assert one['num_examples'] == 64 and more['num_examples'] == 180
   assert four['std_error'] < one['std_error']
   assert more['std_error'] < one['std_error']
   assert abs(four['bits_per_dim'] - one['bits_per_dim']) < 3 * one['std_error']
+  assert one['bits_per_dim_iw'] == one['bits_per_dim']
+  assert four['bits_per_dim_iw'] < four['bits_per_dim']
+
+
+def test_evaluation_does_not_depend_on_the_batch_size(trained):
+  _, model, _ = trained
+  source = data.load_dataset('digits')
+  small = Evaluator(model, batch_size=7, dequant_samples=2, seed=4)(source, 30)
+  large = Evaluator(model, batch_size=64, dequant_samples=2, seed=4)(source, 30)
+  np.testing.assert_array_equal(small.indices, np.arange(30))
+  np.testing.assert_allclose(small.bits_per_dim, large.bits_per_dim, rtol=1e-5)
+  np.testing.assert_allclose(small.bits_per_dim_iw, large.bits_per_dim_iw, rtol=1e-5)
+  # Each image's noise is its own: the same image scores alike in any batch.
+  np.testing.assert_allclose(
+      small.bits_per_dim[:5],
+      Evaluator(model, dequant_samples=2, seed=4)(source, 5).bits_per_dim, rtol=1e-5)
 
 
 def test_manifold_at_zero_angles_is_the_first_example(trained):
@@ -90,8 +121,9 @@ def test_figures_have_the_expected_layout(trained):
   np.testing.assert_array_equal(both[1:9], both[10:18])  # originals == reconstructions
 
 
-def test_eval_py_writes_results_figures_and_export(trained, tmp_path):
-  model_dir, model, _ = trained
+@BOTH_DEQUANTIZERS
+def test_eval_py_writes_results_figures_and_export(run, request, tmp_path):
+  model_dir, model, _ = request.getfixturevalue(run)
   export_dir = tmp_path / 'exported'
   result = subprocess.run(
       [sys.executable, 'eval.py', f'--model_dir={model_dir}', '--dequant_samples=2',
@@ -100,13 +132,16 @@ def test_eval_py_writes_results_figures_and_export(trained, tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=600,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'bits/dim over 100 images' in result.stdout
+  assert '100 images × 2' in result.stdout and 'importance-weighted' in result.stdout
   with open(os.path.join(model_dir, 'eval_results.json')) as f:
     results = json.load(f)
-  for key in ('bits_per_dim', 'std_error', 'num_examples', 'dequant_samples',
-              'checkpoint_step', 'dataset', 'split'):
+  for key in ('bits_per_dim', 'std_error', 'bits_per_dim_iw', 'std_error_iw',
+              'num_examples', 'dequant_samples', 'checkpoint_step', 'dataset',
+              'split', 'dequantization'):
     assert key in results
   assert np.isfinite(results['bits_per_dim']) and np.isfinite(results['std_error'])
+  assert results['bits_per_dim_iw'] < results['bits_per_dim']
+  assert results['dequantization'] == model.config.dequantization
   assert (results['num_examples'], results['dequant_samples'],
           results['checkpoint_step']) == (100, 2, 30)
   names = set(os.listdir(os.path.join(model_dir, 'figures')))
@@ -140,6 +175,8 @@ _LOADER = textwrap.dedent('''
     pixels = tf.constant(np.array(expected['pixels'], np.float32))
     out['log_prob'] = model.log_prob(pixels=pixels)['log_prob'].numpy().tolist()
     out['bits_per_dim'] = model.bits_per_dim(images=images, seed=3)['bits_per_dim'].numpy().tolist()
+    iw = model.bits_per_dim_iw(images=images, seed=3, num_samples=4)
+    out['iw'] = [iw['bits_per_dim'].numpy().tolist(), iw['bits_per_dim_iw'].numpy().tolist()]
     encoded = model.encode(images=images)
     out['round_trip'] = bool(tf.reduce_all(model.decode(z=encoded['z'])['images'] == images))
     out['scales'] = sorted(k for k in encoded if k.startswith('scale_'))
@@ -161,8 +198,9 @@ _LOADER = textwrap.dedent('''
     ''')
 
 
-def test_saved_model_loads_and_scores_without_the_project(trained, tmp_path):
-  _, model, _ = trained
+@BOTH_DEQUANTIZERS
+def test_saved_model_loads_and_scores_without_the_project(run, request, tmp_path):
+  _, model, _ = request.getfixturevalue(run)
   export_dir = str(tmp_path / 'saved_model')
   export.export_saved_model(model, export_dir)
   images = data.load_dataset('digits').eval.images[:6]
@@ -182,6 +220,9 @@ def test_saved_model_loads_and_scores_without_the_project(trained, tmp_path):
   np.testing.assert_allclose(out['log_prob'], model.log_prob(pixels), rtol=1e-4)
   np.testing.assert_allclose(out['bits_per_dim'], model.bits_per_dim(images, seed=3),
                              rtol=1e-4)
+  estimates = model.bits_per_dim_estimates(images, seed=3, num_samples=4)
+  np.testing.assert_allclose(out['iw'][0], estimates['bits_per_dim'], rtol=1e-4)
+  np.testing.assert_allclose(out['iw'][1], estimates['bits_per_dim_iw'], rtol=1e-4)
   assert out['round_trip'] and out['scales'] == ['scale_1', 'scale_2']
   errors = out['errors']
   assert 'TensorSpec(shape=(None, 8, 8, 1), dtype=tf.uint8' in errors['rank']

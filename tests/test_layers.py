@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from conftest import dense_log_det, per_example_log_det, perturb
 from real_nvp.batch_norm import FlowBatchNorm, batch_moments
-from real_nvp.coupling import AffineCoupling
+from real_nvp.coupling import Coupling
 from real_nvp.preprocess import LogitPreprocess
 from real_nvp.squeeze import Squeeze
 
@@ -16,7 +16,7 @@ SHAPES = [(4, 4, 2), (8, 8, 1), (8, 8, 3)]
 
 
 def _coupling(mask_type, parity, shape):
-  layer = AffineCoupling(mask_type, parity, num_blocks=1, feature_maps=4)
+  layer = Coupling(mask_type, parity, num_blocks=1, feature_maps=4)
   x = tf.random.stateless_normal((3,) + shape, seed=[1, 2], dtype=tf.float64)
   layer(x, training=True)  # builds, and moves the s/t batch-norm averages
   perturb(layer)
@@ -58,13 +58,13 @@ def test_coupling_training_mode_log_det(float64, mask_type):
 def test_coupling_keeps_masked_dimensions(float64):
   layer, x = _coupling('checkerboard', 0, (4, 4, 2))
   y, _ = layer(x, training=False)
-  kept = layer._mask.numpy().astype(bool)[..., 0]
+  kept = layer.partition.mask.numpy().astype(bool)[..., 0]
   np.testing.assert_array_equal(y.numpy()[:, kept], x.numpy()[:, kept])
   assert np.abs(y.numpy()[:, ~kept] - x.numpy()[:, ~kept]).min() > 0
 
 
 def test_coupling_starts_as_identity():
-  layer = AffineCoupling('checkerboard', 0, num_blocks=2, feature_maps=8)
+  layer = Coupling('checkerboard', 0, num_blocks=2, feature_maps=8)
   x = tf.random.normal((2, 4, 4, 3))
   y, log_det = layer(x, training=True)
   np.testing.assert_array_equal(y, x)
@@ -72,11 +72,11 @@ def test_coupling_starts_as_identity():
 
 
 def test_coupling_rejects_odd_channels_for_channel_mask():
-  layer = AffineCoupling('channel', 0, num_blocks=1, feature_maps=4)
+  layer = Coupling('channel', 0, num_blocks=1, feature_maps=4)
   with pytest.raises(ValueError, match='even number of channels'):
     layer(tf.zeros((1, 4, 4, 3)))
   with pytest.raises(ValueError, match='mask_type'):
-    AffineCoupling('diagonal', 0, num_blocks=1, feature_maps=4)
+    Coupling('diagonal', 0, num_blocks=1, feature_maps=4)
 
 
 def _batch_norm(lag=False):

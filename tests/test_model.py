@@ -96,7 +96,7 @@ def test_identity_initialization_matches_closed_form():
   model = RealNVP(FlowConfig((8, 8, 1), levels=levels, num_scales=2,
                              flow_batch_norm=False, **TINY))
   images = np.random.default_rng(0).integers(0, levels, (4, 8, 8, 1)).astype(np.uint8)
-  u = model.dequantize(images, seed=[3, 3]).numpy().astype(np.float64)
+  u = model.dequantize(images, seed=[3, 3])[0].numpy().astype(np.float64)
   p = 0.05 + 0.95 * u / levels
   w = np.log(p / (1 - p))
   log_prob = np.sum(-0.5 * w**2 - 0.5 * math.log(2 * math.pi) + math.log(0.95) - math.log(levels)

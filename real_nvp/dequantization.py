@@ -1,0 +1,232 @@
+"""Dequantization: uint8 pixels x -> continuous u in [x, x + 1) with density q(u|x).
+
+A flow gives a density p(u) of continuous u; the probability of the discrete
+pixels x is P(x) = ∫_[x, x+1) p(u) du, and for any q(u|x) on that bin
+
+    log P(x) >= E_q[log p(u) - log q(u|x)]                       (the bound)
+    log P(x) >= E[log (1/K) Σ_k p(u_k) / q(u_k|x)],  u_k ~ q    (importance-weighted)
+
+The second is tighter and grows with K (Burda et al. 2016; Flow++ §3.1).
+
+- `UniformDequantizer`: u = x + U[0, 1)^D, log q = 0 (the paper).
+- `VariationalDequantizer` (Flow++, Ho et al. 2019, §3.1): u = x + sigmoid(v),
+  v = g(ε; x), ε ~ N(0, I), with g a conditional flow of this project's
+  couplings whose s/t networks also see features of x (a context network):
+
+      log q(u|x) = log N(ε; 0, I) - log|det ∂v/∂ε| - Σ_d log σ'(v_d)
+
+Both draw their base noise from a stateless seed (`base_noise`), so a
+step's noise is a pure function of (seed, step) or (seed, image index).
+Shapes: images [B, H, W, C] uint8; base noise and u [K, B, H, W, C] or
+[B, H, W, C] per draw; log q [B] per draw.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from real_nvp.coupling import Coupling
+from real_nvp.st_network import STNetwork
+
+__all__ = ['UniformDequantizer', 'VariationalDequantizer', 'DEQUANTIZERS',
+           'make_dequantizer', 'base_noise', 'inside_bins', 'stateless_seed']
+
+
+def stateless_seed(seed):
+  """int -> [2] int64; [2] and [B, 2] seeds pass through as int64."""
+  seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+  if seed.shape.rank == 0:
+    return tf.stack([seed, tf.constant(0, tf.int64)])
+  return seed
+
+
+def base_noise(distribution, images, seed, num_samples, dtype):
+  """[K, B, H, W, C] draws of U[0, 1) ('uniform') or N(0, 1) ('normal').
+
+  `seed` [2]: one draw for the whole batch. Inside a replica context of R
+  replicas with equal local batches (training), the draw is of the global
+  batch [K, R B, ...] and this replica takes its slice, so the noise of an
+  image does not depend on how the global batch is split.
+  `seed` [B, 2]: one seed per image (evaluation: the image's index), so the
+  noise of an image does not depend on batching at all.
+  """
+  draw = {'uniform': tf.random.stateless_uniform,
+          'normal': tf.random.stateless_normal}[distribution]
+  seed = stateless_seed(seed)
+  event = tf.shape(images)[1:]
+  if seed.shape.rank == 2:
+    per_image = tf.map_fn(
+        lambda s: draw(tf.concat([[num_samples], event], 0), seed=s, dtype=dtype),
+        seed, fn_output_signature=tf.TensorSpec(None, dtype))
+    return tf.transpose(per_image, [1, 0, 2, 3, 4])
+  context = tf.distribute.get_replica_context()
+  replicas = context.num_replicas_in_sync if context else 1
+  local = tf.shape(images)[0]
+  noise = draw(tf.concat([[num_samples, local * replicas], event], 0),
+               seed=seed, dtype=dtype)
+  if replicas == 1:
+    return noise
+  start = tf.cast(context.replica_id_in_sync_group, tf.int32) * local
+  return noise[:, start:start + local]
+
+
+def inside_bins(images, noise):
+  """u = x + noise, noise in [0, 1], kept strictly below x + 1.
+
+  In float32, x + 0.99999994 rounds to x + 1 for x >= 1 (and a sigmoid
+  rounds to 1): the clamp keeps u in the image's own bin, and so below L,
+  where the logit preprocessing would be infinite.
+  """
+  pixels = tf.cast(images, noise.dtype)
+  return tf.minimum(pixels + noise, tf.math.nextafter(pixels + 1., pixels))
+
+
+class UniformDequantizer(keras.layers.Layer):
+  """u = x + U[0, 1)^D, log q(u|x) = 0 (paper §4.1)."""
+
+  noise_distribution = 'uniform'
+
+  def context(self, images, training=False):
+    del images, training
+    return None
+
+  def transform(self, images, noise, context=None, training=False):
+    """(u, log q(u|x)) [B]: images [B, H, W, C], noise [B, H, W, C]."""
+    del context, training
+    return inside_bins(images, noise), tf.zeros(tf.shape(noise)[:1], noise.dtype)
+
+  def regularized_weights(self):
+    return []
+
+  def flops_per_example(self):
+    return 0
+
+
+class VariationalDequantizer(keras.layers.Layer):
+  """Flow++'s variational dequantization; see the module docstring.
+
+  g, on ε [B, H, W, C] (data -> latent direction of each coupling):
+    `num_couplings` checkerboard couplings (alternating masks), then, when H
+    and W are even, squeeze, `num_couplings` channel couplings, unsqueeze.
+  Every s/t network sees the context: features [B, H, W, feature_maps] of
+  the image (x + 1/2) / L - 1/2 from a residual network (squeezed along with
+  the data for the channel couplings). g starts as the identity.
+
+  Args:
+    image_shape: (H, W, C) of the images.
+    levels: quantization levels L.
+    num_couplings, feature_maps, num_blocks: size of g and of the context
+      network (which has `num_blocks` residual blocks too).
+    bn_momentum: momentum of the s/t networks' batch norms.
+    st_dtype: dtype policy of the networks (see `Coupling`).
+  """
+
+  noise_distribution = 'normal'
+
+  def __init__(self, image_shape, levels, num_couplings=2, feature_maps=32,
+               num_blocks=1, bn_momentum=0.95, st_dtype=None, **kwargs):
+    super().__init__(**kwargs)
+    if num_couplings < 1 or feature_maps < 1 or num_blocks < 0:
+      raise ValueError(
+          'The variational dequantizer needs num_couplings >= 1, '
+          'feature_maps >= 1 and num_blocks >= 0. Received: '
+          f'{num_couplings}, {feature_maps}, {num_blocks}')
+    self.image_shape = tuple(image_shape)
+    self.levels = levels
+    self.num_couplings = num_couplings
+    self.feature_maps = feature_maps
+    self.num_blocks = num_blocks
+    self.bn_momentum = bn_momentum
+    self.st_dtype = st_dtype
+    height, width = self.image_shape[:2]
+    self.context_net = STNetwork(
+        feature_maps, num_blocks, feature_maps, bn_momentum,
+        zero_init_output=False, name='dequant_context_net', dtype=st_dtype or self.dtype_policy)
+    self.checkerboard = self._couplings('checkerboard')
+    self.squeezed = height % 2 == 0 and width % 2 == 0
+    self.channel = self._couplings('channel') if self.squeezed else []
+    self.built = True  # The sublayers build on first use.
+
+  def _couplings(self, mask_type):
+    return [Coupling(mask_type, parity=k % 2, num_blocks=self.num_blocks,
+                     feature_maps=self.feature_maps, bn_momentum=self.bn_momentum,
+                     st_dtype=self.st_dtype, name=f'dequant_{mask_type}{k}')
+            for k in range(self.num_couplings)]
+
+  def context(self, images, training=False):
+    """Features of the images [B, H, W, feature_maps], float32."""
+    scaled = (tf.cast(images, self.compute_dtype) + 0.5) / self.levels - 0.5
+    return tf.cast(self.context_net(scaled, training=training), self.compute_dtype)
+
+  def _flow(self, h, context, training, inverse=False):
+    """g(ε) (or g^-1(v) with `inverse`) and its log-det, with the context."""
+    log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
+
+    def run(layers, h, context, log_det):
+      for layer in (reversed(layers) if inverse else layers):
+        if inverse:
+          h, step = layer.decode(h, context=context)
+        else:
+          h, step = layer(h, training=training, context=context)
+        log_det += step
+      return h, log_det
+
+    stages = [(self.checkerboard, False), (self.channel, True)]
+    for layers, squeezed in (reversed(stages) if inverse else stages):
+      if not layers:
+        continue
+      if squeezed:
+        h = tf.nn.space_to_depth(h, 2)
+        h, log_det = run(layers, h, tf.nn.space_to_depth(context, 2), log_det)
+        h = tf.nn.depth_to_space(h, 2)
+      else:
+        h, log_det = run(layers, h, context, log_det)
+    return h, log_det
+
+  def transform(self, images, noise, context=None, training=False):
+    """(u, log q(u|x)) [B] for base noise ε [B, H, W, C]."""
+    if context is None:
+      context = self.context(images, training)
+    v, log_det = self._flow(noise, context, training)
+    log_normal = tf.reduce_sum(-0.5 * tf.square(noise) - 0.5 * math.log(2 * math.pi),
+                               axis=[1, 2, 3])
+    log_sigmoid_slope = tf.reduce_sum(-tf.nn.softplus(-v) - tf.nn.softplus(v),
+                                      axis=[1, 2, 3])
+    u = inside_bins(images, tf.sigmoid(v))
+    return u, log_normal - log_det - log_sigmoid_slope
+
+  def noise_of(self, images, u):
+    """ε with transform(images, ε)[0] = u (inference mode): g^-1(logit(u - x))."""
+    fraction = u - tf.cast(images, u.dtype)
+    v = tf.math.log(fraction) - tf.math.log1p(-fraction)
+    return self._flow(v, self.context(images), training=False, inverse=True)[0]
+
+  def regularized_weights(self):
+    couplings = self.checkerboard + self.channel
+    return self.context_net.gains + [
+        gain for layer in couplings for gain in layer.regularized_weights()]
+
+  def flops_per_example(self):
+    couplings = self.checkerboard + self.channel
+    return self.context_net.flops_per_example() + sum(
+        layer.flops_per_example() for layer in couplings)
+
+  def get_config(self):
+    return {**super().get_config(), 'image_shape': self.image_shape,
+            'levels': self.levels,
+            'num_couplings': self.num_couplings,
+            'feature_maps': self.feature_maps, 'num_blocks': self.num_blocks,
+            'bn_momentum': self.bn_momentum, 'st_dtype': self.st_dtype}
+
+
+DEQUANTIZERS = ('uniform', 'variational')
+
+
+def make_dequantizer(config, st_dtype=None):
+  """The dequantizer a FlowConfig describes."""
+  if config.dequantization == 'uniform':
+    return UniformDequantizer(name='dequantizer')
+  return VariationalDequantizer(
+      config.image_shape, config.levels, config.dequant_couplings, config.dequant_feature_maps,
+      config.dequant_blocks, config.bn_momentum, st_dtype, name='dequantizer')
