@@ -15,36 +15,28 @@ import sys
 import tensorflow as tf
 from absl import app, flags, logging
 
-from real_nvp import cli_flags, data, export, figures, summaries
+from real_nvp import checkpoints, cli_flags, data, distribute, export, figures, summaries
 from real_nvp.evaluation import Evaluator
-from real_nvp.train_lib import restore_model
 
 cli_flags.define_flags()
 flags.DEFINE_enum('split', 'eval', ['eval', 'train'],
                   'Which split: the held-out one (test or validation) or train.')
 flags.DEFINE_string('checkpoint', None, 'Checkpoint path; default: the latest.')
-flags.DEFINE_integer('dequant_samples', 1,
+flags.DEFINE_integer('dequant_samples', 1, lower_bound=1, help=
                      'Dequantization draws K per image: the bound averages them, '
                      'the importance-weighted estimate (bits_per_dim_iw) combines them.')
 flags.DEFINE_bool('watch', False, 'Evaluate each new checkpoint until --watch_timeout.')
-flags.DEFINE_integer('watch_timeout', 3600, 'Seconds to wait for a new checkpoint.')
+flags.DEFINE_integer('watch_timeout', 3600, 'Seconds to wait for a new checkpoint.',
+                     lower_bound=0)
 flags.DEFINE_string('export_dir', None, 'Also export a SavedModel here.')
-flags.DEFINE_list('temperatures', ['1.0', '0.9', '0.7', '0.5'],
-                  'Temperatures of the sample figures.')
 flags.DEFINE_bool('figures', True, 'Write the figures.')
 FLAGS = flags.FLAGS
 
-_DATA_FLAGS = ('dataset', 'data_dir', 'image_size', 'image_channels')
-
-
 def _data_source(model_dir):
   """The training run's data set (data.json), unless flags name another."""
-  settings = {name: FLAGS[name].value for name in _DATA_FLAGS}
-  path = os.path.join(model_dir, 'data.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      stored = json.load(f)
-    settings.update({k: v for k, v in stored.items() if not FLAGS[k].present})
+  settings = {name: FLAGS[name].value for name in cli_flags.DATA_FLAGS}
+  stored = checkpoints.read_data_settings(model_dir)
+  settings.update({k: v for k, v in stored.items() if not FLAGS[k].present})
   source = data.load_dataset(settings['dataset'], settings['data_dir'],
                              settings['image_size'], settings['image_channels'])
   if FLAGS.split == 'train':
@@ -55,7 +47,7 @@ def _data_source(model_dir):
 def _write_figures(model, source, model_dir, step, writers):
   held_out = next(iter(data.eval_dataset(source, 8)))
   pictures = {f'samples_t{float(t):g}': figures.sample_grid(model, float(t), seed=FLAGS.seed)
-              for t in FLAGS.temperatures}
+              for t in FLAGS.sample_temperatures}
   if held_out.shape[0] >= 4:
     pictures['manifold'] = figures.manifold(model, held_out)
   pictures['resample_fine_scales'] = figures.scale_resampling(
@@ -69,18 +61,20 @@ def _write_figures(model, source, model_dir, step, writers):
     writers.images('eval', step, f'figures/{name}', grid)
 
 
-def _evaluate(model_dir, checkpoint):
-  model, step = restore_model(model_dir, checkpoint)
+def _evaluate(model_dir, checkpoint, strategy):
+  model, step, checkpoint = checkpoints.restore_model(model_dir, checkpoint, strategy)
   source = _data_source(model_dir)
-  evaluator = Evaluator(model, dequant_samples=FLAGS.dequant_samples,
-                        seed=FLAGS.seed)
+  evaluator = Evaluator(model, strategy, FLAGS.batch_size,
+                        dequant_samples=FLAGS.dequant_samples, seed=FLAGS.seed)
   results = evaluator(source, FLAGS.eval_examples or None).summary()
-  results.update(checkpoint_step=step,
-                 checkpoint=checkpoint or tf.train.latest_checkpoint(model_dir),
+  results.update(checkpoint_step=step, checkpoint=checkpoint,
+                 replicas=strategy.num_replicas_in_sync,
                  dataset=source.name, split=source.eval_split_name,
                  dequantization=model.config.dequantization)
-  with open(os.path.join(model_dir, 'eval_results.json'), 'w') as f:
+  results_path = os.path.join(model_dir, 'eval_results.json')
+  with open(results_path + '.tmp', 'w') as f:
     json.dump(results, f, indent=2)
+  os.replace(results_path + '.tmp', results_path)
   writers = summaries.SummaryWriters(model_dir, enabled=True)
   writers.scalars('eval', step, {
       'bits_per_dim': results['bits_per_dim'],
@@ -103,12 +97,19 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   model_dir = cli_flags.model_dir()
   try:
+    strategy = distribute.get_strategy(FLAGS.strategy)
     if not FLAGS.watch:
-      _evaluate(model_dir, FLAGS.checkpoint)
+      _evaluate(model_dir, FLAGS.checkpoint, strategy)
       return
     for checkpoint in tf.train.checkpoints_iterator(model_dir, timeout=FLAGS.watch_timeout):
       logging.info('Evaluating %s', checkpoint)
-      _evaluate(model_dir, checkpoint)
+      try:
+        _evaluate(model_dir, checkpoint, strategy)
+      except checkpoints.ModelDirError as error:
+        if isinstance(error, checkpoints.CheckpointMismatch):
+          raise
+        # The trainer's rotation may delete a checkpoint before it is read.
+        logging.warning('Skipping %s: %s', checkpoint, error)
   except (data.DataError, FileNotFoundError, ValueError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')

@@ -3,13 +3,14 @@
     python bench/throughput.py --preset=cifar10 --batch_size=64
     python bench/throughput.py --preset=digits --mode=all --steps=20
     python bench/throughput.py --image_shape=32,32,1 --num_scales=2 \\
-        --feature_maps=32 --residual_blocks=4 --mode=train,eval
+        --feature_maps=32 --num_blocks=4 --mode=train,eval
     python bench/throughput.py --mode=data
 
 Prints a table, then one JSON line. Images/s are medians over the timed steps
 after --warmup; FLOPs are an analytic count of the s/t networks' convolutions
-(2 * k * k * c_in * c_out per output pixel; a training step counted as 3x the
-forward pass), which dominate the flow's arithmetic. Utilisation is achieved
+(2 * k * k * c_in * c_out per output pixel, as each layer reports it through
+`flops_per_example`, the dequantizer's included; a training step counted as
+3x the forward pass), which dominate the flow's arithmetic. Utilisation is achieved
 training GFLOP/s over the matmul peak measured in the same run (float32,
 or the s/t networks' dtype with --mixed_precision, whose peak is reported
 beside the float32 one); conv_utilization is the same over a 3x3 convolution
@@ -35,9 +36,8 @@ from absl import app, flags  # noqa: E402
 
 from real_nvp import config as config_lib  # noqa: E402
 from real_nvp import data, distribute  # noqa: E402
-from real_nvp.coupling import AffineCoupling  # noqa: E402
-from real_nvp.st_network import WeightNormConv2D  # noqa: E402
-from real_nvp.train_lib import TrainConfig, Trainer  # noqa: E402
+from real_nvp.config import TrainConfig  # noqa: E402
+from real_nvp.train_lib import Trainer  # noqa: E402
 
 flags.DEFINE_enum('preset', 'digits', sorted(config_lib.PRESETS), 'Architecture preset.')
 flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
@@ -52,7 +52,11 @@ flags.DEFINE_enum('strategy', 'mirrored', distribute.STRATEGIES, 'tf.distribute 
 flags.DEFINE_list('image_shape', None, 'H,W,C overriding the preset.')
 flags.DEFINE_integer('num_scales', None, 'Overrides the preset.')
 flags.DEFINE_integer('feature_maps', None, 'Overrides the preset.')
-flags.DEFINE_integer('residual_blocks', None, 'Overrides the preset (num_blocks).')
+flags.DEFINE_integer('num_blocks', None, 'Overrides the preset.')
+flags.DEFINE_enum('dequantization', None, ['uniform', 'variational'],
+                  'Overrides the preset.')
+flags.DEFINE_integer('train_dequant_samples', 1,
+                     'Dequantization draws per image in training (IW objective if > 1).')
 flags.DEFINE_integer('matmul_size', 4096, 'Side of the matmul measuring the peak.')
 FLAGS = flags.FLAGS
 
@@ -61,28 +65,10 @@ def flow_config():
   overrides = {}
   if FLAGS.image_shape:
     overrides['image_shape'] = tuple(int(d) for d in FLAGS.image_shape)
-  for flag, field in (('num_scales', 'num_scales'), ('feature_maps', 'feature_maps'),
-                      ('residual_blocks', 'num_blocks')):
-    if FLAGS[flag].value is not None:
-      overrides[field] = FLAGS[flag].value
+  for name in ('num_scales', 'feature_maps', 'num_blocks', 'dequantization'):
+    if FLAGS[name].value is not None:
+      overrides[name] = FLAGS[name].value
   return config_lib.preset(FLAGS.preset, **overrides)
-
-
-def forward_flops_per_image(model):
-  """Analytic FLOPs of every s/t convolution for one image, forward pass."""
-  height, width, _ = model.config.image_shape
-  total = 0
-  for index, steps in enumerate(model.scales):
-    for layer in steps:
-      if not isinstance(layer, AffineCoupling):
-        continue
-      factor = 2 ** index * (2 if layer.mask_type == 'channel' else 1)
-      pixels = (height // factor) * (width // factor)
-      for conv in layer.st_net._flatten_layers():
-        if isinstance(conv, WeightNormConv2D):
-          k, _, c_in, c_out = conv.direction.shape
-          total += 2 * k * k * c_in * c_out * pixels
-  return total
 
 
 def timed(fn, steps, warmup):
@@ -124,7 +110,7 @@ def conv_peak_gflops(batch, height, width, channels, dtype=tf.float32):
 def synthetic_source(config, count):
   rng = np.random.default_rng(0)
   images = rng.integers(0, config.levels, (count,) + config.image_shape, dtype=np.uint8)
-  return data._in_memory_source('random', images, images[:count // 4 or 1],
+  return data.in_memory_source('random', images, images[:count // 4 or 1],
                                 config.levels, 'random')
 
 
@@ -152,8 +138,11 @@ def main(argv):
   source = synthetic_source(config, max(4 * FLAGS.batch_size, 256))
   train_config = TrainConfig(batch_size=FLAGS.batch_size, eval_every=0,
                              jit_compile=FLAGS.xla, log_every_secs=1e9,
-                             mixed_precision=FLAGS.mixed_precision)
+                             mixed_precision=FLAGS.mixed_precision,
+                             train_dequant_samples=FLAGS.train_dequant_samples)
   results = {'preset': FLAGS.preset, 'batch_size': FLAGS.batch_size,
+             'dequantization': config.dequantization,
+             'train_dequant_samples': FLAGS.train_dequant_samples,
              'image_shape': list(config.image_shape), 'xla': FLAGS.xla,
              'mixed_precision': FLAGS.mixed_precision or 'float32',
              'replicas': strategy.num_replicas_in_sync}
@@ -161,7 +150,7 @@ def main(argv):
     trainer = Trainer(strategy, source, config, train_config, model_dir)
   model = trainer.model
   results['params'] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-  flops = forward_flops_per_image(model)
+  flops = model.flops_per_example()
   results['flops_per_image'] = flops  # forward pass
   results['train_flops_per_image'] = 3 * flops
   batch = next(iter(strategy.distribute_datasets_from_function(
@@ -170,7 +159,7 @@ def main(argv):
   table = []
 
   if 'train' in modes:
-    times = timed(lambda: trainer._train_step(batch)[0].numpy(), FLAGS.steps, FLAGS.warmup)
+    times = timed(lambda: trainer.train_step(batch)[0].numpy(), FLAGS.steps, FLAGS.warmup)
     median = statistics.median(times)
     results['step_seconds'] = {'min': min(times), 'median': median, 'max': max(times)}
     results['train_images_per_sec'] = FLAGS.batch_size / median

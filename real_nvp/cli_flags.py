@@ -2,8 +2,12 @@
 
 Architecture flags left unset take the data set's preset (paper §4.1); see
 `python train.py --helpfull`. Flag files in flags/ carry the paper's runs.
+The training flags are TrainConfig's fields, checked when they are parsed
+(a bad value stops the program with the flag and the reason, before
+anything is written).
 """
 
+import dataclasses
 import os
 
 from absl import flags
@@ -11,9 +15,10 @@ from absl import flags
 from real_nvp import config as config_lib
 from real_nvp import data, distribute
 from real_nvp.dequantization import DEQUANTIZERS
-from real_nvp.train_lib import TrainConfig
 
-__all__ = ['define_flags', 'flow_config', 'train_config', 'model_dir']
+__all__ = ['define_flags', 'flow_config', 'train_config', 'model_dir', 'DATA_FLAGS']
+
+DATA_FLAGS = ('dataset', 'data_dir', 'image_size', 'image_channels')
 
 
 def define_flags():
@@ -31,43 +36,9 @@ def define_flags():
                       'default runs/<dataset>.')
   flags.DEFINE_enum('strategy', 'mirrored', distribute.STRATEGIES,
                     'tf.distribute strategy.')
-  flags.DEFINE_integer('seed', 0, 'Seed of the data order, noise and samples.')
-  # Optimization.
-  defaults = TrainConfig()
-  flags.DEFINE_integer('train_steps', defaults.train_steps, 'Total optimizer steps.')
-  flags.DEFINE_integer('batch_size', defaults.batch_size, 'Global batch size.')
-  flags.DEFINE_float('learning_rate', defaults.learning_rate, 'Adam learning rate.')
-  flags.DEFINE_integer('warmup_steps', defaults.warmup_steps,
-                       'Linear learning-rate warm-up steps.')
-  flags.DEFINE_float('clip_grad_norm', defaults.clip_grad_norm,
-                     'Clip gradients to this global norm.')
-  flags.DEFINE_float('weight_decay', defaults.weight_decay,
-                     'L2 coefficient on the weight-normalization gains.')
-  flags.DEFINE_integer('train_dequant_samples', defaults.train_dequant_samples,
-                       'Dequantization draws K per image in training; K > 1 '
-                       'trains on the K-draw importance-weighted bound.')
-  flags.DEFINE_integer('max_nonfinite', defaults.max_nonfinite,
-                       'Stop after this many consecutive non-finite steps.')
-  flags.DEFINE_enum('mixed_precision', None, ['bfloat16', 'float16'],
-                    'Compute dtype of the s/t networks (GPUs/TPUs); the flow, '
-                    'log-dets and likelihood stay float32.')
-  flags.DEFINE_bool('xla', False, 'jit_compile the per-replica forward/backward pass.')
-  # Monitoring and checkpoints.
-  flags.DEFINE_integer('eval_every', defaults.eval_every,
-                       'Evaluate held-out bits/dim every N steps; 0: only at the end.')
-  flags.DEFINE_integer('eval_examples', defaults.eval_examples,
-                       'Held-out examples per evaluation; 0 = the whole split.')
-  flags.DEFINE_integer('checkpoint_every', defaults.checkpoint_every,
-                       'Checkpoint every N steps.')
-  flags.DEFINE_integer('keep_checkpoints', defaults.keep_checkpoints,
-                       'Checkpoints to keep.')
-  flags.DEFINE_integer('summary_every', defaults.summary_every,
-                       'Write training scalars every N steps.')
-  flags.DEFINE_float('log_every_secs', defaults.log_every_secs,
-                     'Seconds between progress lines.')
-  flags.DEFINE_list('sample_temperatures', ['1.0', '0.7'],
-                    'Temperatures of the sample grids.')
-  flags.DEFINE_integer('num_samples', defaults.num_samples, 'Images per sample grid.')
+  # Optimization, monitoring and checkpoints: one flag per TrainConfig field.
+  for field in dataclasses.fields(config_lib.TrainConfig):
+    _define_setting(field)
   # Architecture (unset: the data set's preset).
   flags.DEFINE_enum('preset', None, sorted(config_lib.PRESETS),
                     'Architecture preset; default: the data set\'s.')
@@ -95,6 +66,36 @@ _ARCHITECTURE_FLAGS = ('num_scales', 'num_blocks', 'feature_maps',
                        'dequant_feature_maps', 'dequant_blocks')
 
 
+def _define_setting(field):
+  name, default, help_text = (config_lib.flag_name(field), field.default,
+                              field.metadata['help'])
+  if field.name == 'mixed_precision':
+    flags.DEFINE_enum(name, default, ['bfloat16', 'float16'], help_text)
+  elif field.type is bool:
+    flags.DEFINE_bool(name, default, help_text)
+  elif field.type is int:
+    flags.DEFINE_integer(name, default, help_text)
+  elif field.type is float:
+    flags.DEFINE_float(name, default, help_text)
+  else:  # A tuple of floats.
+    flags.DEFINE_list(name, [f'{v:g}' for v in default], help_text)
+  check = field.metadata['check']
+  if check:
+    def validate(value, name=name, check=check, field=field):
+      try:
+        problem = check(_setting_value(field, value))
+      except ValueError as error:
+        problem = str(error)
+      if problem:
+        raise flags.ValidationError(f'{problem}.')
+      return True
+    flags.register_validator(name, validate)
+
+
+def _setting_value(field, value):
+  return tuple(float(v) for v in value) if field.type is tuple else value
+
+
 def flow_config(source, flag_values=flags.FLAGS):
   """FlowConfig for `source`: preset, then explicit architecture flags."""
   name = flag_values.preset or source.preset
@@ -119,23 +120,9 @@ def _default_config(source):
 
 
 def train_config(flag_values=flags.FLAGS):
-  return TrainConfig(
-      train_steps=flag_values.train_steps, batch_size=flag_values.batch_size,
-      learning_rate=flag_values.learning_rate,
-      warmup_steps=flag_values.warmup_steps,
-      clip_grad_norm=flag_values.clip_grad_norm,
-      weight_decay=flag_values.weight_decay,
-      max_nonfinite=flag_values.max_nonfinite,
-      eval_every=flag_values.eval_every,
-      eval_examples=flag_values.eval_examples,
-      checkpoint_every=flag_values.checkpoint_every,
-      keep_checkpoints=flag_values.keep_checkpoints,
-      summary_every=flag_values.summary_every,
-      log_every_secs=flag_values.log_every_secs,
-      sample_temperatures=tuple(float(t) for t in flag_values.sample_temperatures),
-      num_samples=flag_values.num_samples, seed=flag_values.seed,
-      jit_compile=flag_values.xla, mixed_precision=flag_values.mixed_precision,
-      train_dequant_samples=flag_values.train_dequant_samples)
+  return config_lib.TrainConfig(**{
+      field.name: _setting_value(field, flag_values[config_lib.flag_name(field)].value)
+      for field in dataclasses.fields(config_lib.TrainConfig)})
 
 
 def model_dir(flag_values=flags.FLAGS):

@@ -1,9 +1,16 @@
-"""The flow's architecture as one validated, serializable value, and presets."""
+"""The flow's architecture and the training settings, each one validated
+value; the architecture presets.
+
+`TrainConfig`'s fields are the training flags (cli_flags.py defines one flag
+per field from its type, default, help and check), so a setting is added in
+one place.
+"""
 
 import dataclasses
 import json
+import math
 
-__all__ = ['FlowConfig', 'PRESETS', 'preset']
+__all__ = ['FlowConfig', 'TrainConfig', 'PRESETS', 'preset']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,3 +135,96 @@ def preset(name, **overrides):
   if name not in PRESETS:
     raise ValueError(f'Unknown preset {name!r}; known: {sorted(PRESETS)}')
   return PRESETS[name].replace(**overrides)
+
+
+# --- training settings ------------------------------------------------------------
+
+
+def _at_least(bound):
+  def check(value):
+    if value < bound:
+      return f'must be >= {bound}'
+  return check
+
+
+def _finite(lowest, inclusive):
+  def check(value):
+    if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
+      return f'must be finite and {">=" if inclusive else ">"} {lowest:g}'
+  return check
+
+
+def _temperatures(values):
+  if not values or any(not math.isfinite(v) or v < 0 for v in values):
+    return 'must be one or more finite temperatures >= 0'
+
+
+def _choice(*choices):
+  def check(value):
+    if value not in choices:
+      return f'must be one of {", ".join(map(str, choices))}'
+  return check
+
+
+def _setting(default, help, check=None, flag=None):
+  return dataclasses.field(default=default,
+                           metadata={'help': help, 'check': check, 'flag': flag})
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Training settings; each field is the flag of the same name (or `flag`)."""
+  train_steps: int = _setting(1500, 'Total optimizer steps.', _at_least(1))
+  batch_size: int = _setting(64, 'Global batch size (divisible by the replicas).',
+                             _at_least(1))
+  learning_rate: float = _setting(1e-3, 'Adam learning rate.', _finite(0., False))
+  warmup_steps: int = _setting(0, 'Linear learning-rate warm-up steps.', _at_least(0))
+  clip_grad_norm: float = _setting(100., 'Clip gradients to this global norm.',
+                                   _finite(0., False))
+  weight_decay: float = _setting(
+      5e-5, 'L2 coefficient on the weight-normalization gains (paper: 5e-5).',
+      _finite(0., True))
+  max_nonfinite: int = _setting(
+      20, 'Stop after this many consecutive non-finite steps.', _at_least(1))
+  eval_every: int = _setting(
+      500, 'Evaluate held-out bits/dim every N steps; 0: only at the end.',
+      _at_least(0))
+  eval_examples: int = _setting(
+      0, 'Held-out examples per evaluation; 0: the whole split.', _at_least(0))
+  checkpoint_every: int = _setting(500, 'Checkpoint every N steps.', _at_least(1))
+  keep_checkpoints: int = _setting(5, 'Checkpoints to keep.', _at_least(1))
+  summary_every: int = _setting(50, 'Write training scalars every N steps.',
+                                _at_least(1))
+  log_every_secs: float = _setting(5., 'Seconds between progress lines.',
+                                   _finite(0., True))
+  sample_temperatures: tuple = _setting(
+      (1.0, 0.7), 'Temperatures of the sample grids (train.py) and figures (eval.py).',
+      _temperatures)
+  num_samples: int = _setting(64, 'Images per sample grid.', _at_least(1))
+  seed: int = _setting(0, 'Seed of the data order, noise and samples.')
+  jit_compile: bool = _setting(False, 'jit_compile the per-replica forward/backward '
+                               'pass.', flag='xla')
+  mixed_precision: str = _setting(
+      None, 'Compute dtype of the s/t networks (GPUs/TPUs): bfloat16 or float16; '
+      'the flow, log-dets and likelihood stay float32.',
+      _choice(None, 'bfloat16', 'float16'))
+  train_dequant_samples: int = _setting(
+      1, 'Dequantization draws K per image in training; K > 1 trains on the '
+      'K-draw importance-weighted bound.', _at_least(1))
+
+  def __post_init__(self):
+    self.sample_temperatures = tuple(float(t) for t in self.sample_temperatures)
+    for field in dataclasses.fields(self):
+      problem = field.metadata['check'] and field.metadata['check'](
+          getattr(self, field.name))
+      if problem:
+        raise ValueError(f'--{flag_name(field)}={getattr(self, field.name)!r}: '
+                         f'{problem}.')
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+
+def flag_name(field):
+  """The command-line flag of a TrainConfig field."""
+  return field.metadata['flag'] or field.name

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ['DataError', 'DataSource', 'Split', 'load_dataset', 'train_dataset',
-           'eval_dataset', 'TFDS_DATASETS', 'DIGITS_PATH']
+           'eval_dataset', 'in_memory_source', 'TFDS_DATASETS', 'DIGITS_PATH']
 
 DIGITS_PATH = os.path.join(os.path.dirname(__file__), 'data', 'digits.npz')
 _HELD_OUT_FRACTION = 0.1
@@ -82,8 +82,9 @@ def _check_images(images, where):
   return images
 
 
-def _in_memory_source(name, train, held_out, levels, eval_split_name,
-                      preset=None):
+def in_memory_source(name, train, held_out, levels, eval_split_name,
+                     preset=None):
+  """A DataSource over uint8 arrays [N, H, W, C] (train and held-out)."""
   if train.shape[1:] != held_out.shape[1:]:
     raise DataError(f'{name}: train and held-out images differ in shape: '
                     f'{train.shape[1:]} vs {held_out.shape[1:]}')
@@ -115,7 +116,7 @@ def _load_npz(path, name, preset=None):
   else:
     raise DataError(f'{name}: {path} must hold arrays `train` and `test`, or '
                     f'`images`; it holds {sorted(arrays)}')
-  return _in_memory_source(name, train, held_out, levels, split_name, preset)
+  return in_memory_source(name, train, held_out, levels, split_name, preset)
 
 
 def _load_folder(path, name, image_size, channels):
@@ -143,7 +144,7 @@ def _load_folder(path, name, image_size, channels):
     except OSError as error:
       raise DataError(f'{name}: cannot read image {file}: {error}') from None
   train, held_out = _held_out_split(_check_images(np.stack(images), path))
-  return _in_memory_source(name, train, held_out, 256, 'held-out 10%')
+  return in_memory_source(name, train, held_out, 256, 'held-out 10%')
 
 
 # --- TFDS sources (paper §4.1 preprocessing) ---------------------------------

@@ -1,11 +1,14 @@
 """SavedModel export: sampling and scoring without this project's code.
 
     loaded = tf.saved_model.load(path)
-    images = loaded.sample(num_samples=16, temperature=0.7, seed=0)   # uint8
+    images = loaded.sample(num_samples=16, temperature=0.7, seed=0)['images']  # uint8
+    int(loaded.levels), loaded.image_shape.numpy(), loaded.config_json.numpy()
 
 Signatures (H, W, C and the number of levels L fixed by the trained model):
   sample(num_samples: int32, temperature: float32, seed: int32)
-      -> {'images': uint8 [n, H, W, C]}
+      -> {'images': uint8 [n, H, W, C]}; 1 <= n <= MAX_SAMPLES (16,384) per
+         call, drawn in batches of at most SAMPLE_BATCH (256); temperature
+         finite and >= 0
   log_prob(pixels: float32 [n, H, W, C] in [0, L))
       -> {'log_prob': float32 [n]}, nats, of dequantized pixel values
   bits_per_dim(images: uint8 [n, H, W, C], seed: int32)
@@ -17,7 +20,13 @@ Signatures (H, W, C and the number of levels L fixed by the trained model):
          importance-weighted estimate, which is lower
   encode(images: uint8 [n, H, W, C])
       -> {'z': float32 [n, H, W, C], 'scale_1': ..., 'scale_S': ...}
-  decode(z: float32 [n, H, W, C]) -> {'images': uint8 [n, H, W, C]}
+  decode(z: float32 [n, H, W, C]) -> {'images': uint8 [n, H, W, C]}, z finite
+
+Inputs are checked: pixel values below L (and >= 0), finite latents, shapes
+and dtypes (by the signatures); a violated check raises InvalidArgumentError
+with a message that names it. An empty batch gives empty outputs. The
+export is written to a temporary directory and renamed into place, so the
+export directory is always complete or absent.
 """
 
 import json
@@ -25,9 +34,12 @@ import os
 
 import tensorflow as tf
 
-from real_nvp import train_lib
+from real_nvp import checkpoints
 
-__all__ = ['export_saved_model']
+__all__ = ['export_saved_model', 'MAX_SAMPLES', 'SAMPLE_BATCH']
+
+MAX_SAMPLES = 16_384
+SAMPLE_BATCH = 256
 
 
 class _ExportModule(tf.Module):
@@ -36,15 +48,16 @@ class _ExportModule(tf.Module):
   def __init__(self, model):
     super().__init__(name='real_nvp')
     # Keras 3 variables are not tf.Module-trackable; their tf.Variables are.
-    self.model_variables = list(train_lib.model_weights(model).values())
+    self.model_variables = list(checkpoints.model_weights(model).values())
     self._model = model
     config = model.config
     image = tf.TensorSpec((None,) + config.image_shape, tf.uint8, name='images')
     pixels = tf.TensorSpec((None,) + config.image_shape, tf.float32, name='pixels')
     latent = tf.TensorSpec((None,) + config.image_shape, tf.float32, name='z')
-    self.image_shape = tf.constant(config.image_shape, tf.int32)
-    self.levels = tf.constant(config.levels, tf.int32)
-    self.config_json = tf.constant(config.to_json())
+    # Variables, so that the loaded object carries them as attributes.
+    self.image_shape = tf.Variable(config.image_shape, dtype=tf.int32, trainable=False)
+    self.levels = tf.Variable(config.levels, dtype=tf.int32, trainable=False)
+    self.config_json = tf.Variable(config.to_json(), trainable=False)
 
     self.sample = tf.function(self._sample, input_signature=[
         tf.TensorSpec([], tf.int32, name='num_samples'),
@@ -61,10 +74,26 @@ class _ExportModule(tf.Module):
 
   def _sample(self, num_samples, temperature, seed):
     with tf.control_dependencies([
-        tf.debugging.assert_non_negative(num_samples, message='num_samples must be >= 0'),
-        tf.debugging.assert_non_negative(temperature, message='temperature must be >= 0')]):
-      images = self._model.sample(num_samples, temperature, seed=seed)
-    return {'images': images}
+        tf.debugging.assert_greater_equal(
+            num_samples, 1, message='num_samples must be >= 1'),
+        tf.debugging.assert_less_equal(
+            num_samples, MAX_SAMPLES,
+            message=f'num_samples must be <= {MAX_SAMPLES} per call; call again '
+                    'with other seeds for more'),
+        tf.debugging.assert_all_finite(temperature, 'temperature must be finite'),
+        tf.debugging.assert_non_negative(temperature,
+                                         message='temperature must be >= 0')]):
+      batch = tf.minimum(num_samples, SAMPLE_BATCH)
+    # Batch i is drawn with the stateless seed (seed, i): for n <= SAMPLE_BATCH
+    # the same images as RealNVP.sample(n, temperature, seed).
+    batches = (num_samples + batch - 1) // batch
+    images = tf.map_fn(
+        lambda i: self._model.sample(batch, temperature, seed=tf.stack(
+            [tf.cast(seed, tf.int64), tf.cast(i, tf.int64)])),
+        tf.range(batches), fn_output_signature=tf.TensorSpec(
+            (None,) + self._model.config.image_shape, tf.uint8))
+    images = tf.reshape(images, tf.concat([[-1], self._model.config.image_shape], 0))
+    return {'images': images[:num_samples]}
 
   def _log_prob(self, pixels):
     return {'log_prob': self._model.log_prob(pixels)}
@@ -90,12 +119,16 @@ class _ExportModule(tf.Module):
 
 
 def export_saved_model(model, export_dir):
-  """Writes `model` as a SavedModel with the signatures of the module docstring."""
+  """Writes `model` as a SavedModel with the signatures of the module docstring,
+  atomically (see `checkpoints.export_atomically`)."""
   module = _ExportModule(model)
   signatures = {name: getattr(module, name) for name in
                 ('sample', 'log_prob', 'bits_per_dim', 'bits_per_dim_iw',
                  'encode', 'decode')}
-  tf.saved_model.save(module, export_dir, signatures=signatures)
-  with open(os.path.join(export_dir, 'real_nvp_config.json'), 'w') as f:
-    json.dump(json.loads(model.config.to_json()), f, indent=2, sort_keys=True)
-  return export_dir
+
+  def write(directory):
+    tf.saved_model.save(module, directory, signatures=signatures)
+    with open(os.path.join(directory, 'real_nvp_config.json'), 'w') as f:
+      json.dump(json.loads(model.config.to_json()), f, indent=2, sort_keys=True)
+
+  return checkpoints.export_atomically(write, export_dir)

@@ -148,6 +148,10 @@ class RealNVP(keras.Model):
 
     Values outside [0, L) raise InvalidArgumentError.
     """
+    return self.distribution(training).log_prob(self._check_pixels(pixels))
+
+  def _check_pixels(self, pixels):
+    """Float pixels [B, H, W, C] in [0, L), or a clear error."""
     pixels = tf.convert_to_tensor(pixels, self.compute_dtype)
     self._check_images(pixels, 'pixels')
     levels = float(self.config.levels)
@@ -158,8 +162,7 @@ class RealNVP(keras.Model):
         tf.debugging.assert_less(
             pixels, tf.constant(levels, pixels.dtype),
             message=f'pixels must be < levels={levels:g}')]):
-      pixels = tf.identity(pixels)  # carries the checks
-    return self.distribution(training).log_prob(pixels)
+      return tf.identity(pixels)  # carries the checks
 
   def _check_uint8_images(self, images):
     """uint8 [B, H, W, C] below `levels`, or a clear error."""
@@ -247,12 +250,18 @@ class RealNVP(keras.Model):
     `seed`: None (TF's global RNG) or a stateless seed (int or shape [2]).
     """
     shape = tf.concat([[num_samples], self.config.image_shape], axis=0)
+    temperature = tf.convert_to_tensor(temperature, self.compute_dtype)
+    with tf.control_dependencies([
+        tf.debugging.assert_all_finite(temperature, 'temperature must be finite'),
+        tf.debugging.assert_non_negative(temperature,
+                                         message='temperature must be >= 0')]):
+      temperature = tf.identity(temperature)
     if seed is None:
       z = tf.random.normal(shape, dtype=self.compute_dtype)
     else:
       z = tf.random.stateless_normal(
           shape, seed=stateless_seed(seed), dtype=self.compute_dtype)
-    return self.bijector().forward(z * tf.cast(temperature, z.dtype))
+    return self.bijector().forward(z * temperature)
 
   def sample(self, num_samples, temperature=1., seed=None):
     """uint8 images [n, H, W, C]; see `sample_pixels`."""
@@ -266,14 +275,20 @@ class RealNVP(keras.Model):
     `decode(encode(x)) == x`; float images are taken as dequantized pixels.
     """
     images = tf.convert_to_tensor(images)
-    self._check_images(images, 'images')
     if images.dtype == tf.uint8:
-      images = tf.cast(images, self.compute_dtype) + 0.5
+      images = tf.cast(self._check_uint8_images(images), self.compute_dtype) + 0.5
+    else:
+      images = self._check_pixels(images)
     return self.split_latents(self.bijector().inverse(images))
 
   def decode(self, latents):
     """uint8 images from per-scale latents (a list) or a latent [B, H, W, C]."""
     z = self.merge_latents(latents) if isinstance(latents, (list, tuple)) else latents
+    z = tf.convert_to_tensor(z, self.compute_dtype)
+    self._check_images(z, 'latents')
+    with tf.control_dependencies([tf.debugging.assert_all_finite(
+        z, 'latents must be finite (no NaN or inf)')]):
+      z = tf.identity(z)
     return preprocess.quantize(self.bijector().forward(z), self.config.levels)
 
   def split_latents(self, z):

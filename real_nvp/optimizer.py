@@ -61,16 +61,44 @@ class Adam(tf.Module):
       return tf.cast(self._learning_rate(self.iterations), tf.float32)
     return tf.constant(self._learning_rate, tf.float32)
 
-  def apply_gradients(self, gradients):
-    """One Adam step; `gradients` align with the variables given at creation."""
+  def _check_count(self, gradients):
     gradients = list(gradients)
     if len(gradients) != len(self._variables):
       raise ValueError(f'Expected {len(self._variables)} gradients, got '
                        f'{len(gradients)}.')
+    return gradients
+
+  def _beta_powers(self):
     step = tf.cast(self.iterations + 1, tf.float32)
+    return (tf.pow(tf.constant(self.beta_1, tf.float32), step),
+            tf.pow(tf.constant(self.beta_2, tf.float32), step))
+
+  def update_is_finite(self, gradients):
+    """Whether `apply_gradients(gradients)` would leave every variable and
+    moment finite (a scalar bool), computed without changing anything.
+
+    The same arithmetic as the fused kernel, in temporaries; the trainer
+    skips a step that would write a non-finite value into the model.
+    """
+    gradients = self._check_count(gradients)
+    beta_1_power, beta_2_power = self._beta_powers()
+    learning_rate = self.learning_rate * tf.sqrt(1. - beta_2_power) / (1. - beta_1_power)
+    finite = [tf.math.is_finite(learning_rate)]
+    for variable, gradient, first, second in zip(
+        self._variables, gradients, self.first_moments, self.second_moments):
+      gradient = tf.cast(gradient, variable.dtype)
+      m = first + (gradient - first) * (1. - self.beta_1)
+      v = second + (tf.square(gradient) - second) * (1. - self.beta_2)
+      w = variable - tf.cast(learning_rate, variable.dtype) * m / (
+          tf.sqrt(v) + self.epsilon)
+      finite.append(tf.reduce_all(tf.math.is_finite(w) & tf.math.is_finite(v)))
+    return tf.reduce_all(tf.stack(finite))
+
+  def apply_gradients(self, gradients):
+    """One Adam step; `gradients` align with the variables given at creation."""
+    gradients = self._check_count(gradients)
     learning_rate = self.learning_rate
-    beta_1_power = tf.pow(tf.constant(self.beta_1, tf.float32), step)
-    beta_2_power = tf.pow(tf.constant(self.beta_2, tf.float32), step)
+    beta_1_power, beta_2_power = self._beta_powers()
 
     def update(variable, gradient, first, second):
       return tf.raw_ops.ResourceApplyAdam(

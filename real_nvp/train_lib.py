@@ -7,7 +7,6 @@ slots, step and batch-norm averages, a run restarted from its last checkpoint
 continues exactly as if it had not stopped.
 """
 
-import dataclasses
 import math
 import os
 import shutil
@@ -19,14 +18,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from real_nvp import data, distribute, summaries
-from real_nvp.config import FlowConfig
+from real_nvp import checkpoints, data, distribute, summaries
 from real_nvp.evaluation import Evaluator
 from real_nvp.model import RealNVP
 from real_nvp.optimizer import Adam
 
-__all__ = ['TrainConfig', 'Trainer', 'TrainingDiverged', 'WarmupSchedule',
-           'CheckpointMismatch', 'model_weights', 'restore_model']
+__all__ = ['Trainer', 'TrainingDiverged', 'WarmupSchedule']
 
 
 _LOSS_SCALE_PERIOD = 2000
@@ -34,33 +31,6 @@ _LOSS_SCALE_PERIOD = 2000
 
 class TrainingDiverged(RuntimeError):
   """Too many consecutive steps with a non-finite loss or gradient."""
-
-
-class CheckpointMismatch(ValueError):
-  """A model directory holds a checkpoint of another architecture."""
-
-
-@dataclasses.dataclass
-class TrainConfig:
-  train_steps: int = 1500
-  batch_size: int = 64
-  learning_rate: float = 1e-3
-  warmup_steps: int = 0
-  clip_grad_norm: float = 100.
-  weight_decay: float = 5e-5  # L2 on the weight-normalization gains (paper)
-  max_nonfinite: int = 20
-  eval_every: int = 500
-  eval_examples: int = 0  # 0: the whole held-out split
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 5
-  summary_every: int = 50
-  log_every_secs: float = 5.
-  sample_temperatures: tuple = (1.0, 0.7)
-  num_samples: int = 64
-  seed: int = 0
-  jit_compile: bool = False  # XLA for the forward/backward pass
-  mixed_precision: str = None  # None, 'bfloat16' or 'float16' (s/t networks)
-  train_dequant_samples: int = 1  # K > 1: the importance-weighted objective
 
 
 @keras.saving.register_keras_serializable('real_nvp')
@@ -82,62 +52,6 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
             'warmup_steps': self.warmup_steps}
 
 
-def _config_path(model_dir):
-  return os.path.join(model_dir, 'config.json')
-
-
-def check_config(model_dir, flow_config):
-  """Raises CheckpointMismatch if model_dir holds another architecture."""
-  path = _config_path(model_dir)
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    stored = FlowConfig.from_json(f.read())
-  if stored != flow_config:
-    differences = ', '.join(
-        f'{field.name}: checkpoint {getattr(stored, field.name)!r} vs requested '
-        f'{getattr(flow_config, field.name)!r}'
-        for field in dataclasses.fields(FlowConfig)
-        if getattr(stored, field.name) != getattr(flow_config, field.name))
-    raise CheckpointMismatch(
-        f'{model_dir} holds a model of another architecture ({differences}). '
-        'Use another --model_dir, or the same architecture flags.')
-
-
-def model_weights(model):
-  """{variable path: tf.Variable} of all the model's weights, BN averages included.
-
-  Keras 3 models do not expose their variables to tf.train.Checkpoint, so
-  checkpoints hold them by path (stable for a given architecture).
-  """
-  weights = {v.path: v.value for v in model.variables}
-  if len(weights) != len(model.variables):
-    raise ValueError('Model variable paths are not unique.')
-  return weights
-
-
-def restore_model(model_dir, checkpoint=None):
-  """(model, step) from `checkpoint` or the latest in model_dir (inference)."""
-  path = _config_path(model_dir)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'No trained model in {model_dir}: {path} is missing.')
-  with open(path) as f:
-    model = RealNVP(FlowConfig.from_json(f.read()))
-  checkpoint = checkpoint or tf.train.latest_checkpoint(model_dir)
-  if checkpoint is None:
-    raise FileNotFoundError(f'No checkpoint (ckpt-*) in {model_dir}.')
-  step = tf.Variable(0, dtype=tf.int64)
-  status = tf.train.Checkpoint(model_weights=model_weights(model), step=step).read(
-      checkpoint)
-  try:
-    status.assert_existing_objects_matched()
-  except AssertionError as error:
-    raise CheckpointMismatch(
-        f'Checkpoint {checkpoint} does not hold this model: {error}') from None
-  status.expect_partial()  # The optimizer's slots are not needed here.
-  return model, int(step.numpy())
-
-
 class Trainer:
   """Builds model, optimizer and checkpoint under `strategy` and trains."""
 
@@ -157,7 +71,7 @@ class Trainer:
     self.strategy, self.source, self.cfg = strategy, source, cfg
     self.flow_config, self.model_dir = flow_config, model_dir
     self.is_chief = distribute.is_chief(strategy)
-    check_config(model_dir, flow_config)
+    checkpoints.check_config(model_dir, flow_config)
 
     if cfg.jit_compile and not isinstance(
         strategy, (tf.distribute.OneDeviceStrategy, tf.distribute.TPUStrategy)):
@@ -165,12 +79,6 @@ class Trainer:
           '--xla needs --strategy=one_device (or tpu): the batch-norm moving '
           'averages of mirrored variables synchronize across replicas, which '
           'XLA-compiled code cannot do.')
-    if cfg.train_dequant_samples < 1:
-      raise ValueError('--train_dequant_samples must be >= 1; got '
-                       f'{cfg.train_dequant_samples}')
-    if cfg.mixed_precision not in (None, 'bfloat16', 'float16'):
-      raise ValueError("--mixed_precision must be bfloat16 or float16; got "
-                       f"{cfg.mixed_precision!r}")
     keras.utils.set_random_seed(cfg.seed)  # Reproducible initial weights.
     with strategy.scope():
       self.model = RealNVP(flow_config, st_dtype=(
@@ -189,48 +97,82 @@ class Trainer:
           2. ** 15 if self._dynamic_loss_scale else 1., name='loss_scale')
       self.finite_in_a_row = tf.Variable(0, dtype=tf.int64, name='finite_in_a_row')
     self.checkpoint = tf.train.Checkpoint(
-        model_weights=model_weights(self.model), optimizer=self.optimizer,
+        model_weights=checkpoints.model_weights(self.model), optimizer=self.optimizer,
         step=self.step,
         nonfinite_steps=self.nonfinite_steps,
         consecutive_nonfinite=self.consecutive_nonfinite,
         loss_scale=self.loss_scale, finite_in_a_row=self.finite_in_a_row)
     self._checkpoint_dir = model_dir if self.is_chief else os.path.join(
         model_dir, f'.worker_{strategy.cluster_resolver.task_id}_tmp')
-    self.manager = tf.train.CheckpointManager(
-        self.checkpoint, self._checkpoint_dir, max_to_keep=cfg.keep_checkpoints,
-        checkpoint_name='ckpt')
+    self.manager = None  # Created by restore(), once the directory is sound.
+    self._updated_since_save = False
     self.writers = summaries.SummaryWriters(model_dir, self.is_chief)
     # XLA compiles the per-replica forward and backward pass; the all-reduce
     # and the update stay outside (collectives do not compile on every device).
     self._compiled_local_gradients = (
         tf.function(self._local_gradients, jit_compile=True)
         if cfg.jit_compile else self._local_gradients)
-    self._train_step = tf.function(self._train_step_fn)
+    self.train_step = tf.function(self._train_step_fn)
     self.evaluator = Evaluator(self.model, strategy, cfg.batch_size, seed=cfg.seed + 1)
     self._stop_requested = False
 
   # --- state --------------------------------------------------------------
 
   def restore(self):
-    """Restores the latest checkpoint, if any; returns the step."""
-    latest = self.manager.latest_checkpoint
-    if latest:
+    """Restores the newest readable checkpoint, if any; returns the step.
+
+    Leftovers of interrupted saves are removed first. A newer checkpoint that
+    cannot be read is reported and moved to corrupt_checkpoints/, and the one
+    before it is used; a checkpoint of another architecture is refused.
+    """
+    if self.is_chief:
+      checkpoints.clean_temporary_files(self.model_dir)
+    for path in checkpoints.checkpoint_paths(self.model_dir):
       try:
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-      except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
-        raise CheckpointMismatch(
-            f'Checkpoint {latest} does not match this model: {error}') from None
-      logging.info('Restored %s at step %d', latest, int(self.step.numpy()))
-    elif self.is_chief:
-      os.makedirs(self.model_dir, exist_ok=True)
-      with open(_config_path(self.model_dir), 'w') as f:
-        f.write(self.flow_config.to_json())
+        checkpoints.read_checkpoint(self.checkpoint, path)
+      except checkpoints.CheckpointMismatch:
+        raise
+      except checkpoints.ModelDirError as error:
+        if not self.is_chief:
+          raise
+        checkpoints.quarantine(self.model_dir, path, str(error))
+        continue
+      logging.info('Restored %s at step %d', path, int(self.step.numpy()))
+      break
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, self._checkpoint_dir, max_to_keep=self.cfg.keep_checkpoints,
+        checkpoint_name='ckpt')
+    if self.is_chief:
+      if not checkpoints.has_checkpoint(self.model_dir):
+        os.makedirs(self.model_dir, exist_ok=True)
+      checkpoints.write_config(self.model_dir, self.flow_config)
     return int(self.step.numpy())
 
+  def last_good_checkpoint(self):
+    """The newest checkpoint on disk (every saved checkpoint is finite)."""
+    paths = checkpoints.checkpoint_paths(self.model_dir)
+    return paths[0] if paths else None
+
   def save(self):
-    path = self.manager.save(checkpoint_number=int(self.step.numpy()))
+    """Writes a checkpoint, unless no update was applied since the last one
+    (every step skipped): the step counter alone does not replace a good one.
+    A full disk stops the run with the directory and the last good checkpoint."""
+    if not self._updated_since_save and self.last_good_checkpoint():
+      logging.warning('Step %d: no update since the last checkpoint; not saving.',
+                      int(self.step.numpy()))
+      return None
+    try:
+      path = self.manager.save(checkpoint_number=int(self.step.numpy()))
+    except checkpoints.STORAGE_ERRORS as error:
+      what = 'The disk is full' if checkpoints.is_disk_full(error) else 'Writing failed'
+      raise checkpoints.StorageError(
+          f'{what}: could not write a checkpoint to {self._checkpoint_dir} '
+          f'({checkpoints.error_summary(error)}). The last good checkpoint is '
+          f'{self.last_good_checkpoint()}; free space (or fix the directory) and '
+          'run the same command again to resume from it.') from None
     if not self.is_chief:
       shutil.rmtree(self._checkpoint_dir, ignore_errors=True)
+    self._updated_since_save = False
     return path
 
   # --- steps ---------------------------------------------------------------
@@ -271,7 +213,9 @@ class Trainer:
     return context.all_reduce(tf.distribute.ReduceOp.SUM, (grads, bpd_sum))
 
   def _train_step_fn(self, images):
-    """One optimizer step on a distributed batch; skips non-finite updates."""
+    """One optimizer step on a distributed batch; skips non-finite updates.
+
+    Returns (bits/dim, gradient norm, whether the update was applied)."""
     statistics = self.model.non_trainable_variables
     saved_statistics = [tf.identity(v) for v in statistics]
     grads, bpd_sum = self.strategy.run(
@@ -279,11 +223,17 @@ class Trainer:
     grads = [self.strategy.experimental_local_results(g)[0] for g in grads]
     bpd = self.strategy.experimental_local_results(bpd_sum)[0] / self.cfg.batch_size
     grad_norm = tf.linalg.global_norm(grads)
-    finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(bpd)
+    clipped, _ = tf.clip_by_global_norm(grads, self.cfg.clip_grad_norm,
+                                        use_norm=grad_norm)
+    # Nothing non-finite reaches the model: not the loss or the gradient, not
+    # the batch-norm averages this batch moved, not the weights or moments
+    # the update would write (checked before it is applied).
+    finite = (tf.math.is_finite(grad_norm) & tf.math.is_finite(bpd) &
+              tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in statistics]))
+    finite = tf.cond(finite, lambda: self.optimizer.update_is_finite(clipped),
+                     lambda: tf.constant(False))
 
     def apply():
-      clipped, _ = tf.clip_by_global_norm(grads, self.cfg.clip_grad_norm,
-                                          use_norm=grad_norm)
       self.optimizer.apply_gradients(clipped)
       self.consecutive_nonfinite.assign(0)
       if self._dynamic_loss_scale:
@@ -362,53 +312,37 @@ class Trainer:
                                        start, ctx))
     iterator = iter(dataset)
     step = start
-    window_bpd, window_norm, window_steps = [], [], 0
-    last_log = last_summary_time = time.time()
-    steps_since_log = 0
+    progress = _Progress(cfg, start)
     while step < cfg.train_steps and not self._stop_requested:
+      progress.start_step()
       images = next(iterator)
       if step == start and self.is_chief:
         first = self.strategy.experimental_local_results(images)[0]
         self.writers.images('train', step, 'inputs', summaries.image_grid(
             summaries.to_display(first.numpy(), self.flow_config.levels)))
-      bpd, grad_norm, finite = self._train_step(images)
+      bpd, grad_norm, finite = self.train_step(images)
+      bpd, grad_norm, finite = float(bpd), float(grad_norm), bool(finite)
       step += 1
-      steps_since_log += 1
-      window_steps += 1
-      if bool(finite):
-        window_bpd.append(float(bpd))
-        window_norm.append(float(grad_norm))
+      progress.end_step(step, bpd, grad_norm, finite)
+      if finite:
+        self._updated_since_save = True
       else:
-        logging.warning('Step %d: non-finite loss or gradient (bits/dim %s, '
-                        'grad norm %s); update skipped.', step, float(bpd),
-                        float(grad_norm))
+        logging.warning('Step %d: non-finite loss, gradient, batch-norm average or '
+                        'update (bits/dim %s, grad norm %s); update skipped.',
+                        step, bpd, grad_norm)
         if int(self.consecutive_nonfinite.numpy()) >= cfg.max_nonfinite:
           raise TrainingDiverged(
               f'{cfg.max_nonfinite} consecutive non-finite steps up to step '
               f'{step}; stopping. The last good checkpoint is '
-              f'{self.manager.latest_checkpoint}. Try a lower --learning_rate, '
+              f'{self.last_good_checkpoint()}. Try a lower --learning_rate, '
               '--warmup_steps or --clip_grad_norm.')
-      now = time.time()
-      if step == start + 1:  # The first step traces the graph: no rate.
-        last_log = last_summary_time = now
-        steps_since_log = window_steps = 0
-      elif now - last_log >= cfg.log_every_secs or step == cfg.train_steps:
-        rate = steps_since_log * cfg.batch_size / (now - last_log)
-        eta = (cfg.train_steps - step) * cfg.batch_size / max(rate, 1e-9)
-        logging.info('step %d/%d  bits/dim %.4f  %.1f img/s  ETA %s', step,
-                     cfg.train_steps, np.mean(window_bpd) if window_bpd else math.nan,
-                     rate, _format_seconds(eta))
-        last_log, steps_since_log = now, 0
+      progress.log(step)
       if step % cfg.summary_every == 0 or step == cfg.train_steps:
         self.writers.scalars('train', step, {
-            'bits_per_dim': np.mean(window_bpd) if window_bpd else math.nan,
-            'grad_norm': np.mean(window_norm) if window_norm else math.nan,
+            **progress.summary(),
             'learning_rate': float(self.optimizer.learning_rate),
-            'images_per_sec': window_steps * cfg.batch_size / (now - last_summary_time),
             'nonfinite_steps': int(self.nonfinite_steps.numpy()),
         })
-        window_bpd, window_norm, window_steps = [], [], 0
-        last_summary_time = time.time()
       if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
         self.save()
       if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.train_steps:
@@ -422,6 +356,60 @@ class Trainer:
                    step)
     else:
       self.write_samples(step)
+
+
+class _Progress:
+  """Progress lines and the train scalars' windows. Rates and the ETA count
+  the time of training steps only (data and step), not evaluations, samples
+  or checkpoints; the first step, which traces the graph, is not counted."""
+
+  def __init__(self, cfg, start):
+    self.cfg, self.start = cfg, start
+    self.log_seconds = self.summary_seconds = 0.
+    self.log_steps = 0
+    self.bpd, self.norms, self.summary_steps = [], [], 0
+    self.last_log = time.time()
+    self._step_started = None
+
+  def start_step(self):
+    self._step_started = time.time()
+
+  def end_step(self, step, bpd, grad_norm, finite):
+    if step > self.start + 1:
+      seconds = time.time() - self._step_started
+      self.log_seconds += seconds
+      self.summary_seconds += seconds
+      self.log_steps += 1
+      self.summary_steps += 1
+    if finite:
+      self.bpd.append(bpd)
+      self.norms.append(grad_norm)
+
+  def log(self, step):
+    now = time.time()
+    if step == self.start + 1:
+      self.last_log = now
+      return
+    if now - self.last_log < self.cfg.log_every_secs and step != self.cfg.train_steps:
+      return
+    rate = self.log_steps * self.cfg.batch_size / max(self.log_seconds, 1e-9)
+    eta = (self.cfg.train_steps - step) * self.cfg.batch_size / max(rate, 1e-9)
+    logging.info('step %d/%d  bits/dim %.4f  %.1f img/s  ETA %s', step,
+                 self.cfg.train_steps, np.mean(self.bpd) if self.bpd else math.nan,
+                 rate, _format_seconds(eta))
+    self.last_log, self.log_seconds, self.log_steps = now, 0., 0
+
+  def summary(self):
+    """Window means since the last summary; starts a new window."""
+    values = {
+        'bits_per_dim': np.mean(self.bpd) if self.bpd else math.nan,
+        'grad_norm': np.mean(self.norms) if self.norms else math.nan,
+        'images_per_sec': (self.summary_steps * self.cfg.batch_size /
+                           max(self.summary_seconds, 1e-9)),
+    }
+    self.bpd, self.norms = [], []
+    self.summary_steps, self.summary_seconds = 0, 0.
+    return values
 
 
 def _format_seconds(seconds):

@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from real_nvp import data, distribute, preset  # noqa: E402
-from real_nvp.train_lib import TrainConfig, Trainer  # noqa: E402
+from real_nvp.config import TrainConfig  # noqa: E402
+from real_nvp.train_lib import Trainer  # noqa: E402
 
 CONFIG = preset('digits', num_blocks=1, feature_maps=8, dequant_feature_maps=4)
 
@@ -46,7 +47,7 @@ def replicas(out, dequantization='uniform'):
                              config=CONFIG.replace(dequantization=dequantization))
     dataset = iter(strategy.distribute_datasets_from_function(
         lambda ctx: data.train_dataset(source, 16, 3, 0, ctx)))
-    losses = [float(trainer._train_step(next(dataset))[0]) for _ in range(3)]
+    losses = [float(trainer.train_step(next(dataset))[0]) for _ in range(3)]
     # Held-out scores under the strategy (uneven last batch: 70 = 4 x 16 + 6).
     evaluation = trainer.evaluator(source, 70)
     results[f'eval_{name}'] = [evaluation.indices.tolist(),

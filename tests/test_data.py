@@ -68,7 +68,7 @@ def test_resumed_stream_equals_uninterrupted():
 
 def test_epochs_visit_every_example_once():
   images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
-  source = data._in_memory_source('t', images, images[:2], 256, 'test')
+  source = data.in_memory_source('t', images, images[:2], 256, 'test')
   stream = np.concatenate(_take(data.train_dataset(source, 5, seed=0), 8)).ravel()
   assert sorted(stream[:20]) == list(range(20))
   assert sorted(stream[20:40]) == list(range(20))

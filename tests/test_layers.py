@@ -46,6 +46,29 @@ def test_coupling_inference(float64, mask_type, parity, shape):
 
 
 @pytest.mark.parametrize('mask_type', ['checkerboard', 'channel'])
+def test_coupling_with_context(float64, mask_type):
+  """The s/t network also sees a context tensor: still exact and invertible,
+  and the output depends on the context."""
+  layer = Coupling(mask_type, 0, num_blocks=1, feature_maps=4)
+  x = tf.random.stateless_normal((2, 4, 4, 2), seed=[5, 2], dtype=tf.float64)
+  context = tf.random.stateless_normal((2, 4, 4, 3), seed=[5, 3], dtype=tf.float64)
+  layer(x, training=True, context=context)
+  perturb(layer)
+  y, log_det = layer(x, context=context)
+  x_back, inverse_log_det = layer.decode(y, context=context)
+  np.testing.assert_allclose(x_back, x, atol=1e-10)
+  np.testing.assert_allclose(inverse_log_det, -log_det, atol=1e-10)
+  expected = per_example_log_det(lambda v: layer(v, context=context[:1])[0], x[:1])
+  np.testing.assert_allclose(log_det[:1], expected, rtol=1e-9)
+  assert np.abs(layer(x, context=2. * context)[0] - y).max() > 1e-3
+
+
+def test_new_transforms_and_partitions_are_refused_by_name():
+  with pytest.raises(ValueError, match='transform'):
+    Coupling('checkerboard', 0, num_blocks=1, feature_maps=4, transform='spline')
+
+
+@pytest.mark.parametrize('mask_type', ['checkerboard', 'channel'])
 def test_coupling_training_mode_log_det(float64, mask_type):
   """Batch statistics couple the examples, but only through kept dimensions:
   the whole batch's Jacobian is triangular with log-det = sum of log_dets."""

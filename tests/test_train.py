@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from real_nvp import data, distribute, preset
-from real_nvp.train_lib import TrainConfig, Trainer, TrainingDiverged
+from real_nvp.config import TrainConfig
+from real_nvp.train_lib import Trainer, TrainingDiverged
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = ['--num_scales=1', '--num_blocks=1', '--feature_maps=8', '--batch_size=16',
@@ -52,7 +53,7 @@ def test_training_on_digits_beats_the_uniform_baseline(tmp_path):
   assert os.path.exists(tmp_path / 'samples' / 'step_300.png')
   # No retracing in the loop: one graph per step function, whatever the
   # step, the data position or the size of the last evaluation batch.
-  assert trainer._train_step.experimental_get_tracing_count() == 1
+  assert trainer.train_step.experimental_get_tracing_count() == 1
   assert trainer.evaluator.step.experimental_get_tracing_count() == 1
 
 

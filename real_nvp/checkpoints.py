@@ -1,0 +1,381 @@
+"""The model directory: checkpoints, the architecture, the run's settings, the
+writer's lock and atomic exports.
+
+    {model_dir}/ckpt-N.index, ckpt-N.data-*   weights by path, optimizer, step
+    {model_dir}/checkpoint                    TF's checkpoint state
+    {model_dir}/config.json                   the FlowConfig of the checkpoints
+    {model_dir}/data.json, flags.txt          the data settings and every flag
+    {model_dir}/train.lock                    host, pid and start of the writer
+    {model_dir}/corrupt_checkpoints/          unreadable checkpoints, moved aside
+
+Every fault of the directory is reported with its path and what to do, as a
+`ModelDirError` (a ValueError), never a traceback from inside TensorFlow.
+"""
+
+import dataclasses
+import datetime
+import errno
+import glob
+import json
+import os
+import re
+import shutil
+import socket
+
+import tensorflow as tf
+from absl import logging
+
+from real_nvp.config import FlowConfig
+
+__all__ = ['ModelDirError', 'CheckpointMismatch', 'StorageError', 'ModelDirLock',
+           'model_weights', 'check_config', 'write_config', 'read_config',
+           'checkpoint_paths', 'has_checkpoint', 'read_checkpoint',
+           'restore_model', 'clean_temporary_files', 'write_run_settings',
+           'read_data_settings', 'export_atomically', 'STORAGE_ERRORS']
+
+CONFIG_FILE = 'config.json'
+DATA_FILE = 'data.json'
+LOCK_FILE = 'train.lock'
+CORRUPT_DIR = 'corrupt_checkpoints'
+
+# What reading a damaged checkpoint raises (truncated index or data files,
+# bad checksums, files gone between listing and reading).
+_READ_ERRORS = (tf.errors.DataLossError, tf.errors.NotFoundError,
+                tf.errors.OutOfRangeError, tf.errors.InternalError,
+                tf.errors.UnknownError, IndexError, OSError)
+# What writing to a full or broken disk raises.
+STORAGE_ERRORS = (tf.errors.ResourceExhaustedError, tf.errors.UnknownError,
+                  tf.errors.InternalError, tf.errors.PermissionDeniedError,
+                  tf.errors.FailedPreconditionError, OSError)
+
+
+class ModelDirError(ValueError):
+  """A model directory cannot be used as asked; the message says why and how."""
+
+
+class CheckpointMismatch(ModelDirError):
+  """A checkpoint of another architecture."""
+
+
+class StorageError(ModelDirError):
+  """Writing to the model directory failed (full disk, permissions)."""
+
+
+# --- the architecture -------------------------------------------------------------
+
+
+def _config_path(model_dir):
+  return os.path.join(model_dir, CONFIG_FILE)
+
+
+def read_config(model_dir):
+  """The FlowConfig stored in model_dir, or None."""
+  path = _config_path(model_dir)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return FlowConfig.from_json(f.read())
+  except (ValueError, TypeError) as error:
+    raise ModelDirError(f'{path} is not a valid model configuration ({error}). '
+                        'Restore it, or remove it if the directory holds no '
+                        'checkpoint.') from None
+
+
+def write_config(model_dir, flow_config):
+  _write_atomically(_config_path(model_dir), flow_config.to_json())
+
+
+def _differences(stored, requested):
+  return ', '.join(
+      f'{field.name}: checkpoint {getattr(stored, field.name)!r} vs requested '
+      f'{getattr(requested, field.name)!r}'
+      for field in dataclasses.fields(FlowConfig)
+      if getattr(stored, field.name) != getattr(requested, field.name))
+
+
+def check_config(model_dir, flow_config):
+  """Raises CheckpointMismatch if model_dir holds checkpoints of another
+  architecture. A config.json without any checkpoint (a run that failed
+  before its first checkpoint) holds nothing and is not a mismatch."""
+  stored = read_config(model_dir)
+  if stored is None or stored == flow_config or not has_checkpoint(model_dir):
+    return
+  raise CheckpointMismatch(
+      f'{model_dir} holds a model of another architecture '
+      f'({_differences(stored, flow_config)}). Use another --model_dir, or the '
+      'same architecture flags.')
+
+
+# --- checkpoints ------------------------------------------------------------------
+
+
+def model_weights(model):
+  """{variable path: tf.Variable} of all the model's weights, BN averages included.
+
+  Keras 3 models do not expose their variables to tf.train.Checkpoint, so
+  checkpoints hold them by path (stable for a given architecture).
+  """
+  weights = {v.path: v.value for v in model.variables}
+  if len(weights) != len(model.variables):
+    raise ValueError('Model variable paths are not unique.')
+  return weights
+
+
+def _step_of(prefix):
+  match = re.search(r'-(\d+)$', prefix)
+  return int(match.group(1)) if match else -1
+
+
+def checkpoint_paths(model_dir):
+  """Checkpoint prefixes in model_dir (those with an index file), newest first."""
+  prefixes = [path[:-len('.index')]
+              for path in glob.glob(os.path.join(glob.escape(model_dir), 'ckpt-*.index'))]
+  return sorted(prefixes, key=_step_of, reverse=True)
+
+
+def has_checkpoint(model_dir):
+  return bool(checkpoint_paths(model_dir))
+
+
+def read_checkpoint(checkpoint, path):
+  """checkpoint.read(path) with every object matched; errors say what failed.
+
+  Raises CheckpointMismatch for another architecture and ModelDirError for a
+  checkpoint that cannot be read (damaged or missing files).
+  """
+  if not tf.io.gfile.exists(path + '.index'):
+    raise ModelDirError(f'Checkpoint {path} does not exist (no {path}.index).')
+  try:
+    status = checkpoint.read(path)
+    status.assert_existing_objects_matched()
+  except _READ_ERRORS as error:
+    raise ModelDirError(f'Checkpoint {path} cannot be read: '
+                        f'{error_summary(error)}') from None
+  except (AssertionError, ValueError) as error:
+    raise CheckpointMismatch(
+        f'Checkpoint {path} does not hold this model '
+        f'({_shape_differences(checkpoint, path) or error_summary(error)}).') from None
+  return status
+
+
+def _shape_differences(checkpoint, path):
+  """'name: checkpoint shape vs model shape' for the first few mismatches."""
+  try:
+    stored = dict(tf.train.list_variables(path))
+  except _READ_ERRORS:
+    return ''
+  model = getattr(checkpoint, 'model_weights', {})
+  lines = []
+  for name, variable in model.items():
+    key = f'model_weights/{name.replace("/", ".S")}/.ATTRIBUTES/VARIABLE_VALUE'
+    for candidate in (key, key.replace('.S', '/')):
+      if candidate in stored and list(stored[candidate]) != variable.shape.as_list():
+        lines.append(f'{name}: checkpoint {stored[candidate]} vs model '
+                     f'{variable.shape.as_list()}')
+  missing = [name for name in model if not any(name in key for key in stored)]
+  if missing:
+    lines.append(f'{len(missing)} of the model\'s variables are not in it, e.g. {missing[0]}')
+  return '; '.join(lines[:3])
+
+
+def error_summary(error):
+  text = getattr(error, 'message', None) or str(error)
+  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def restore_model(model_dir, checkpoint=None, strategy=None):
+  """(model, step, checkpoint path) for inference, built under `strategy`.
+
+  `checkpoint`: a path, or None for the newest readable checkpoint (an
+  unreadable newer one is reported and skipped). The model's architecture is
+  model_dir's config.json; a checkpoint from another directory with another
+  config.json is refused naming the differences.
+  """
+  from real_nvp.model import RealNVP  # The model imports nothing from here.
+  config = read_config(model_dir)
+  if config is None:
+    raise FileNotFoundError(
+        f'No trained model in {model_dir}: {_config_path(model_dir)} is missing.')
+  if checkpoint is not None:
+    other = read_config(os.path.dirname(os.path.abspath(checkpoint)) or '.')
+    if other is not None and other != config:
+      raise CheckpointMismatch(
+          f'Checkpoint {checkpoint} belongs to a model of another architecture '
+          f'than {model_dir} ({_differences(other, config)}).')
+  with (strategy or tf.distribute.get_strategy()).scope():
+    model = RealNVP(config)
+    step = tf.Variable(0, dtype=tf.int64)
+  reader = tf.train.Checkpoint(model_weights=model_weights(model), step=step)
+  candidates = [checkpoint] if checkpoint else checkpoint_paths(model_dir)
+  if not candidates:
+    raise FileNotFoundError(f'No checkpoint (ckpt-*) in {model_dir}.')
+  for path in candidates:
+    try:
+      read_checkpoint(reader, path).expect_partial()  # No optimizer slots needed.
+    except CheckpointMismatch:
+      raise
+    except ModelDirError as error:
+      if checkpoint:
+        raise
+      logging.warning('%s Trying the previous checkpoint.', error)
+      continue
+    if path != candidates[0]:
+      logging.warning('Using %s, the newest readable checkpoint in %s.', path, model_dir)
+    return model, int(step.numpy()), path
+  raise ModelDirError(f'None of the {len(candidates)} checkpoints in {model_dir} '
+                      'can be read (see the warnings above).')
+
+
+def clean_temporary_files(model_dir):
+  """Removes what an interrupted save or export left behind."""
+  leftovers = (glob.glob(os.path.join(glob.escape(model_dir), 'ckpt-*_temp')) +
+               glob.glob(os.path.join(glob.escape(model_dir), '*.export-tmp-*')) +
+               glob.glob(os.path.join(glob.escape(model_dir), '*.export-old-*')))
+  for path in leftovers:
+    logging.info('Removing %s, left by an interrupted save.', path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def quarantine(model_dir, path, reason):
+  """Moves an unreadable checkpoint's files to corrupt_checkpoints/."""
+  target = os.path.join(model_dir, CORRUPT_DIR)
+  os.makedirs(target, exist_ok=True)
+  for name in glob.glob(glob.escape(path) + '.*'):
+    shutil.move(name, os.path.join(target, os.path.basename(name)))
+  logging.warning('%s Moved its files to %s.', reason, target)
+
+
+# --- run settings -----------------------------------------------------------------
+
+
+def _write_atomically(path, text):
+  temporary = f'{path}.tmp-{os.getpid()}'
+  with open(temporary, 'w') as f:
+    f.write(text)
+  os.replace(temporary, path)
+
+
+def write_run_settings(model_dir, flags_text, data_settings):
+  """flags.txt (every resolved flag) and data.json (what eval.py reads back)."""
+  _write_atomically(os.path.join(model_dir, 'flags.txt'), flags_text)
+  _write_atomically(os.path.join(model_dir, DATA_FILE),
+                    json.dumps(data_settings, indent=2))
+
+
+def read_data_settings(model_dir):
+  path = os.path.join(model_dir, DATA_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+# --- exports ------------------------------------------------------------------------
+
+
+def export_atomically(write, export_dir):
+  """Runs write(directory) into a temporary sibling, then renames it into
+  place: `export_dir` is always a complete export (old or new) or absent."""
+  export_dir = os.path.normpath(export_dir)
+  temporary = f'{export_dir}.export-tmp-{os.getpid()}'
+  previous = f'{export_dir}.export-old-{os.getpid()}'
+  shutil.rmtree(temporary, ignore_errors=True)
+  try:
+    write(temporary)
+    if os.path.exists(export_dir):
+      os.rename(export_dir, previous)
+    os.rename(temporary, export_dir)
+  except BaseException:
+    shutil.rmtree(temporary, ignore_errors=True)
+    if os.path.exists(previous) and not os.path.exists(export_dir):
+      os.rename(previous, export_dir)
+    raise
+  shutil.rmtree(previous, ignore_errors=True)
+  return export_dir
+
+
+# --- one writer -------------------------------------------------------------------
+
+
+class ModelDirLock:
+  """One training run per model directory: train.lock holds the writer's host,
+  pid and start time, created atomically (O_EXCL).
+
+  A lock of a process that no longer runs on this host is stale: it is taken
+  over with a log line. Any other lock refuses the second writer, naming it.
+  Use as a context manager; the lock is released on exit.
+  """
+
+  def __init__(self, model_dir):
+    self.path = os.path.join(model_dir, LOCK_FILE)
+    self._held = False
+
+  def _holder(self):
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return None
+
+  @staticmethod
+  def _alive(pid):
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return False
+    except PermissionError:
+      return True
+    return True
+
+  def acquire(self):
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    me = {'host': socket.gethostname(), 'pid': os.getpid(),
+          'started': datetime.datetime.now().isoformat(timespec='seconds')}
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._holder()
+        if holder is None:  # Being written, or garbage: look once more.
+          holder = self._holder() or {}
+        if (holder.get('host') == me['host'] and isinstance(holder.get('pid'), int)
+            and not self._alive(holder['pid'])):
+          logging.warning('Taking over the stale lock %s of process %d (no longer '
+                          'running, started %s).', self.path, holder['pid'],
+                          holder.get('started'))
+          os.remove(self.path)
+          continue
+        raise ModelDirError(
+            f'{os.path.dirname(self.path)} is in use by another training run '
+            f'(host {holder.get("host", "?")}, pid {holder.get("pid", "?")}, started '
+            f'{holder.get("started", "?")}; {self.path}). Use another --model_dir, '
+            'or stop that run first; if it is dead on another host, remove the '
+            'lock file.')
+      except OSError as error:
+        raise StorageError(f'Cannot create {self.path}: {error}') from None
+      with os.fdopen(fd, 'w') as f:
+        json.dump(me, f)
+      self._held = True
+      return self
+    raise ModelDirError(f'Cannot take the lock {self.path}; try again.')
+
+  def release(self):
+    if self._held:
+      self._held = False
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def is_disk_full(error):
+  return (isinstance(error, tf.errors.ResourceExhaustedError) or
+          getattr(error, 'errno', None) == errno.ENOSPC or
+          'No space left' in str(error))
