@@ -39,10 +39,8 @@ LOCK_FILE = 'train.lock'
 CORRUPT_DIR = 'corrupt_checkpoints'
 
 # What reading a damaged checkpoint raises (truncated index or data files,
-# bad checksums, files gone between listing and reading).
-_READ_ERRORS = (tf.errors.DataLossError, tf.errors.NotFoundError,
-                tf.errors.OutOfRangeError, tf.errors.InternalError,
-                tf.errors.UnknownError, IndexError, OSError)
+# bad checksums, "not an sstable", files gone between listing and reading).
+_READ_ERRORS = (tf.errors.OpError, IndexError, OSError)
 # What writing to a full or broken disk raises.
 STORAGE_ERRORS = (tf.errors.ResourceExhaustedError, tf.errors.UnknownError,
                   tf.errors.InternalError, tf.errors.PermissionDeniedError,

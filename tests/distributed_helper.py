@@ -4,6 +4,8 @@ a fresh TensorFlow (logical devices, TF_CONFIG).
   python distributed_helper.py replicas OUT.json [DEQUANTIZATION]
                                                    2 replicas vs one device
   python distributed_helper.py worker OUT.npz DIR  one worker of TF_CONFIG's cluster
+  python distributed_helper.py eval OUT.json DIR   eval.py's restore and evaluation,
+                                                   2 replicas vs one device
 """
 
 import json
@@ -16,7 +18,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from real_nvp import data, distribute, preset  # noqa: E402
+from real_nvp import checkpoints, data, distribute, preset  # noqa: E402
+from real_nvp.evaluation import Evaluator  # noqa: E402
 from real_nvp.config import TrainConfig  # noqa: E402
 from real_nvp.train_lib import Trainer  # noqa: E402
 
@@ -35,10 +38,29 @@ def _train(strategy, model_dir, steps, batch_size=16, config=CONFIG):
   return Trainer(strategy, source, config, train_config, model_dir), source
 
 
-def replicas(out, dequantization='uniform'):
+def _two_cpus():
   cpu = tf.config.list_physical_devices('CPU')[0]
   tf.config.set_logical_device_configuration(
       cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+def evaluate(out, model_dir):
+  _two_cpus()
+  source = data.load_dataset('digits')
+  results = {}
+  for name in ('mirrored', 'one_device'):
+    strategy = distribute.get_strategy(name)
+    model, _, _ = checkpoints.restore_model(model_dir, strategy=strategy)
+    evaluation = Evaluator(model, strategy, batch_size=16, dequant_samples=2,
+                           seed=1)(source, 70)
+    results[name] = [strategy.num_replicas_in_sync, evaluation.indices.tolist(),
+                     evaluation.bits_per_dim.tolist(), evaluation.bits_per_dim_iw.tolist()]
+  with open(out, 'w') as f:
+    json.dump(results, f)
+
+
+def replicas(out, dequantization='uniform'):
+  _two_cpus()
   results = {}
   runs = {}
   for name in ('mirrored', 'one_device'):
@@ -83,4 +105,4 @@ def worker(out, model_dir):
 
 
 if __name__ == '__main__':
-  {'replicas': replicas, 'worker': worker}[sys.argv[1]](*sys.argv[2:])
+  {'replicas': replicas, 'worker': worker, 'eval': evaluate}[sys.argv[1]](*sys.argv[2:])

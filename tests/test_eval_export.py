@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -68,7 +69,7 @@ def test_restoring_another_architecture_is_refused(trained, tmp_path):
   other = preset('digits', num_blocks=2, feature_maps=8)
   (tmp_path / 'config.json').write_text(other.to_json())
   checkpoint = tf.train.latest_checkpoint(model_dir)
-  with pytest.raises(CheckpointMismatch, match='does not hold this model'):
+  with pytest.raises(CheckpointMismatch, match='num_blocks: checkpoint 1 vs requested 2'):
     restore_model(str(tmp_path), checkpoint)
 
 
@@ -158,6 +159,42 @@ def test_eval_py_writes_results_figures_and_export(run, request, tmp_path):
   assert os.path.exists(export_dir / 'saved_model.pb')
 
 
+@BOTH_DEQUANTIZERS
+def test_evaluation_on_two_replicas_equals_one_device(run, request, tmp_path):
+  model_dir, _, _ = request.getfixturevalue(run)
+  out = tmp_path / 'out.json'
+  subprocess.run([sys.executable, 'tests/distributed_helper.py', 'eval', str(out), model_dir],
+                 cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), check=True,
+                 timeout=600)
+  results = json.loads(out.read_text())
+  mirrored, single = results['mirrored'], results['one_device']
+  assert (mirrored[0], single[0]) == (2, 1)
+  assert mirrored[1] == single[1] == list(range(70))
+  np.testing.assert_allclose(mirrored[2], single[2], rtol=1e-5)
+  np.testing.assert_allclose(mirrored[3], single[3], rtol=1e-5)
+
+
+def test_eval_py_checkpoint_faults_are_explained(trained, tmp_path):
+  model_dir, _, _ = trained
+  result = subprocess.run(
+      [sys.executable, 'eval.py', f'--model_dir={model_dir}', '--nofigures',
+       f'--checkpoint={tmp_path}/ckpt-99'], cwd=ROOT, capture_output=True, text=True,
+      timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode != 0
+  assert 'ckpt-99 does not exist' in result.stderr and 'Traceback' not in result.stderr
+  # --watch: the newest checkpoint named by the state file vanished (rotated
+  # away by the trainer): skipped with a warning, no crash.
+  watched = tmp_path / 'watched'
+  shutil.copytree(model_dir, watched)
+  tf.train.update_checkpoint_state(str(watched), str(watched / 'ckpt-60'))
+  result = subprocess.run(
+      [sys.executable, 'eval.py', f'--model_dir={watched}', '--nofigures', '--watch',
+       '--watch_timeout=1'], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Skipping' in result.stderr and 'ckpt-60 does not exist' in result.stderr
+
+
 def test_eval_py_without_a_model_fails_clearly(tmp_path):
   result = subprocess.run([sys.executable, 'eval.py', f'--model_dir={tmp_path}'],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -190,7 +227,14 @@ _LOADER = textwrap.dedent('''
            'shape': lambda: model.bits_per_dim(images=tf.zeros((2, 4, 4, 1), tf.uint8), seed=0),
            'dtype': lambda: model.bits_per_dim(images=tf.zeros((2, 8, 8, 1), tf.float32), seed=0),
            'range': lambda: model.bits_per_dim(images=tf.fill((2, 8, 8, 1), tf.constant(200, tf.uint8)), seed=0),
-           'pixels': lambda: model.log_prob(pixels=tf.fill((1, 8, 8, 1), 17.0))}
+           'pixels': lambda: model.log_prob(pixels=tf.fill((1, 8, 8, 1), 17.0)),
+           'encode_range': lambda: model.encode(images=tf.fill((2, 8, 8, 1), tf.constant(200, tf.uint8))),
+           'decode_nan': lambda: model.decode(z=tf.fill((2, 8, 8, 1), float('nan'))),
+           'sample_zero': lambda: model.sample(num_samples=0, temperature=1.0, seed=0),
+           'sample_many': lambda: model.sample(num_samples=10 ** 6, temperature=1.0, seed=0),
+           'temperature_inf': lambda: model.sample(num_samples=2, temperature=float('inf'), seed=0),
+           'temperature_negative': lambda: model.sample(num_samples=2, temperature=-1.0, seed=0),
+           'iw_zero': lambda: model.bits_per_dim_iw(images=images, seed=0, num_samples=0)}
     for name, call in bad.items():
       try:
         call()
@@ -198,6 +242,14 @@ _LOADER = textwrap.dedent('''
       except Exception as error:
         errors[name] = str(error)[:2000]
     out['errors'] = errors
+    empty = tf.zeros((0, 8, 8, 1), tf.uint8)
+    out['empty'] = [model.bits_per_dim(images=empty, seed=0)['bits_per_dim'].shape.as_list(),
+                    model.encode(images=empty)['z'].shape.as_list(),
+                    model.log_prob(pixels=tf.zeros((0, 8, 8, 1)))['log_prob'].shape.as_list()]
+    many = model.sample(num_samples=600, temperature=0.8, seed=7)['images']
+    out['batched'] = [many.shape.as_list(), bool(tf.reduce_all(many[:5] == a))]
+    out['attributes'] = [int(model.levels), model.image_shape.numpy().tolist(),
+                         json.loads(model.config_json.numpy())['levels']]
     out['modules'] = sorted(m for m in sys.modules if m.startswith(('real_nvp', 'tensorflow_probability')))
     print(json.dumps(out))
     ''')
@@ -235,3 +287,13 @@ def test_saved_model_loads_and_scores_without_the_project(run, request, tmp_path
   assert 'dtype=tf.uint8' in errors['dtype']
   assert 'images must be < levels=17' in errors['range']
   assert 'pixels must be < levels=17' in errors['pixels']
+  assert 'images must be < levels=17' in errors['encode_range']
+  assert 'latents must be finite' in errors['decode_nan']
+  assert 'num_samples must be >= 1' in errors['sample_zero']
+  assert 'num_samples must be <= 16384' in errors['sample_many']
+  assert 'temperature must be finite' in errors['temperature_inf']
+  assert 'temperature must be >= 0' in errors['temperature_negative']
+  assert 'num_samples must be >= 1' in errors['iw_zero']
+  assert out['empty'] == [[0], [0, 8, 8, 1], [0]]
+  assert out['batched'] == [[600, 8, 8, 1], True]
+  assert out['attributes'] == [17, [8, 8, 1], 17]

@@ -1,0 +1,248 @@
+"""The model directory under faults and bad input: one writer, finite
+checkpoints, fallback from damaged checkpoints, atomic exports, checked flags."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from real_nvp import checkpoints, data, distribute, export, preset, train_lib
+from real_nvp.checkpoints import ModelDirError, ModelDirLock, StorageError
+from real_nvp.config import TrainConfig
+from real_nvp.train_lib import Trainer, TrainingDiverged
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(num_scales=1, num_blocks=1, feature_maps=4)
+
+
+def _env():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  env.pop('TF_CONFIG', None)
+  return env
+
+
+def _trainer(model_dir, steps, checkpoint_every=2, **train):
+  config = TrainConfig(train_steps=steps, batch_size=16, eval_every=0,
+                       eval_examples=16, checkpoint_every=checkpoint_every,
+                       num_samples=4, log_every_secs=1000., **train)
+  return Trainer(distribute.get_strategy('one_device'), data.load_dataset('digits'),
+                 preset('digits', **TINY), config, str(model_dir))
+
+
+def _dead_pid():
+  process = subprocess.Popen([sys.executable, '-c', 'pass'])
+  process.wait()
+  return process.pid
+
+
+# --- one writer ---------------------------------------------------------------------
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+  with ModelDirLock(str(tmp_path)):
+    with pytest.raises(ModelDirError, match=f'in use by another training run.*pid {os.getpid()}'):
+      ModelDirLock(str(tmp_path)).acquire()
+  assert not os.path.exists(tmp_path / 'train.lock')  # released
+
+
+def test_train_py_refuses_a_directory_in_use(tmp_path):
+  sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
+  try:
+    (tmp_path / 'train.lock').write_text(
+        f'{{"host": "{os.uname().nodename}", "pid": {sleeper.pid}, "started": "x"}}')
+    result = subprocess.run([sys.executable, 'train.py', f'--model_dir={tmp_path}',
+                             '--train_steps=2'], cwd=ROOT, env=_env(),
+                            capture_output=True, text=True, timeout=300)
+  finally:
+    sleeper.kill()
+  assert result.returncode != 0
+  assert f'pid {sleeper.pid}' in result.stderr and 'Traceback' not in result.stderr
+  assert sorted(os.listdir(tmp_path)) == ['train.lock']  # nothing written
+
+
+def test_a_stale_lock_is_taken_over(tmp_path, caplog):
+  pid = _dead_pid()
+  (tmp_path / 'train.lock').write_text(
+      f'{{"host": "{os.uname().nodename}", "pid": {pid}, "started": "x"}}')
+  with caplog.at_level(logging.WARNING), ModelDirLock(str(tmp_path)):
+    assert f'"pid": {os.getpid()}' in (tmp_path / 'train.lock').read_text()
+  assert f'stale lock' in caplog.text and str(pid) in caplog.text
+
+
+# --- finite checkpoints ---------------------------------------------------------------
+
+
+def test_a_nonfinite_update_is_skipped_and_never_checkpointed(tmp_path):
+  _trainer(tmp_path, 4).train()  # ckpt-2, ckpt-4: good
+  trainer = _trainer(tmp_path, 40, max_nonfinite=5)
+  restore = trainer.restore
+
+  def restore_then_break_the_learning_rate():
+    step = restore()
+    trainer.optimizer._learning_rate = float('nan')  # finite loss and gradient
+    return step
+
+  trainer.restore = restore_then_break_the_learning_rate
+  with pytest.raises(TrainingDiverged, match='ckpt-4') as raised:
+    trainer.train()
+  assert int(trainer.nonfinite_steps.numpy()) == 5
+  assert checkpoints.checkpoint_paths(str(tmp_path)) == [
+      str(tmp_path / 'ckpt-4'), str(tmp_path / 'ckpt-2')]
+  named = str(raised.value).split('checkpoint is ')[1].split('.')[0]
+  reader = tf.train.load_checkpoint(named)
+  for name in reader.get_variable_to_shape_map():
+    value = reader.get_tensor(name)
+    if getattr(value, 'dtype', np.dtype(object)).kind == 'f':
+      assert np.all(np.isfinite(value)), name
+  assert all(np.all(np.isfinite(v.numpy())) for v in trainer.model.variables)
+
+
+# --- damaged checkpoints and leftovers ------------------------------------------------
+
+
+@pytest.mark.parametrize('damage', ['truncate_data', 'garbage_index'])
+def test_an_unreadable_newest_checkpoint_falls_back(tmp_path, caplog, damage):
+  _trainer(tmp_path, 4).train()
+  newest = str(tmp_path / 'ckpt-4')
+  if damage == 'truncate_data':
+    data_file = newest + '.data-00000-of-00001'
+    with open(data_file, 'r+b') as f:
+      f.truncate(os.path.getsize(data_file) // 3)
+  else:
+    (tmp_path / 'ckpt-4.index').write_bytes(b'not an index' * 10)
+  with caplog.at_level(logging.WARNING):  # eval.py's path: read-only fallback
+    _, step, path = checkpoints.restore_model(str(tmp_path))
+  assert (step, path) == (2, str(tmp_path / 'ckpt-2'))
+  assert 'ckpt-4 cannot be read' in caplog.text
+  with pytest.raises(ModelDirError, match='ckpt-4 cannot be read'):
+    checkpoints.restore_model(str(tmp_path), newest)
+  caplog.clear()
+  trainer = _trainer(tmp_path, 6)
+  with caplog.at_level(logging.WARNING):
+    assert trainer.restore() == 2
+  assert 'ckpt-4 cannot be read' in caplog.text and 'corrupt_checkpoints' in caplog.text
+  assert os.path.exists(tmp_path / 'corrupt_checkpoints' / 'ckpt-4.index')
+  trainer.train()
+  assert checkpoints.checkpoint_paths(str(tmp_path))[0] == str(tmp_path / 'ckpt-6')
+
+
+def test_leftovers_of_interrupted_saves_are_removed(tmp_path):
+  _trainer(tmp_path, 2).train()
+  (tmp_path / 'ckpt-7_temp').mkdir()
+  (tmp_path / 'ckpt-7_temp' / 'part').write_text('x')
+  (tmp_path / 'saved_model.export-tmp-123').mkdir()
+  _trainer(tmp_path, 2).restore()
+  assert not os.path.exists(tmp_path / 'ckpt-7_temp')
+  assert not os.path.exists(tmp_path / 'saved_model.export-tmp-123')
+
+
+def test_an_interrupted_export_leaves_the_previous_one_or_none(tmp_path, monkeypatch):
+  trainer = _trainer(tmp_path, 1)
+  export_dir = str(tmp_path / 'saved_model')
+  real_save = tf.saved_model.save
+
+  def save_then_die(module, directory, signatures):
+    os.makedirs(directory)
+    open(os.path.join(directory, 'saved_model.pb'), 'w').close()  # half written
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(tf.saved_model, 'save', save_then_die)
+  with pytest.raises(KeyboardInterrupt):
+    export.export_saved_model(trainer.model, export_dir)
+  def exports():
+    return sorted(name for name in os.listdir(tmp_path) if 'saved_model' in name)
+
+  assert exports() == []
+  monkeypatch.setattr(tf.saved_model, 'save', real_save)
+  export.export_saved_model(trainer.model, export_dir)
+  monkeypatch.setattr(tf.saved_model, 'save', save_then_die)
+  with pytest.raises(KeyboardInterrupt):
+    export.export_saved_model(trainer.model, export_dir)
+  assert exports() == ['saved_model']
+  assert int(tf.saved_model.load(export_dir).levels) == 17  # the complete one
+
+
+def test_a_full_disk_stops_with_the_directory_and_last_checkpoint(tmp_path, monkeypatch):
+  _trainer(tmp_path, 2).train()
+  trainer = _trainer(tmp_path, 6)
+  trainer.restore()
+
+  def full(*args, **kwargs):
+    raise tf.errors.ResourceExhaustedError(None, None, 'No space left on device')
+
+  monkeypatch.setattr(trainer.manager, 'save', full)
+  monkeypatch.setattr(trainer, 'restore', lambda: 2)
+  with pytest.raises(StorageError) as raised:
+    trainer.train()
+  message = str(raised.value)
+  assert 'disk is full' in message and str(tmp_path) in message
+  assert str(tmp_path / 'ckpt-2') in message and '\n' not in message
+
+
+def test_a_config_without_checkpoints_is_not_an_architecture(tmp_path):
+  checkpoints.write_config(str(tmp_path), preset('digits', num_blocks=3))
+  _trainer(tmp_path, 2).train()
+  assert checkpoints.read_config(str(tmp_path)) == preset('digits', **TINY)
+
+
+def test_a_checkpoint_of_another_architecture_is_named(tmp_path):
+  _trainer(tmp_path / 'a', 2).train()
+  other = Trainer(distribute.get_strategy('one_device'), data.load_dataset('digits'),
+                  preset('digits', **{**TINY, 'feature_maps': 8}),
+                  TrainConfig(train_steps=2, batch_size=16, eval_every=0,
+                              checkpoint_every=2, eval_examples=16, num_samples=4),
+                  str(tmp_path / 'b'))
+  other.train()
+  with pytest.raises(checkpoints.CheckpointMismatch, match='feature_maps: checkpoint 8 vs'):
+    checkpoints.restore_model(str(tmp_path / 'a'), str(tmp_path / 'b' / 'ckpt-2'))
+  # Without its config beside it, the tensors that differ are named.
+  os.remove(tmp_path / 'b' / 'config.json')
+  with pytest.raises(checkpoints.CheckpointMismatch, match=r'checkpoint \[.*\] vs model'):
+    checkpoints.restore_model(str(tmp_path / 'a'), str(tmp_path / 'b' / 'ckpt-2'))
+
+
+# --- flags ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('flag', ['--train_steps=-1', '--learning_rate=-0.01',
+                                  '--learning_rate=nan', '--batch_size=0',
+                                  '--checkpoint_every=0', '--summary_every=0'])
+def test_bad_flag_values_are_refused_before_anything_is_written(tmp_path, flag):
+  result = subprocess.run([sys.executable, 'train.py', flag,
+                           f'--model_dir={tmp_path}/run'], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert f'flag {flag}' in result.stderr and 'Traceback' not in result.stderr
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_train_config_checks_its_values():
+  with pytest.raises(ValueError, match=r'--keep_checkpoints=0: must be >= 1'):
+    TrainConfig(keep_checkpoints=0)
+  with pytest.raises(ValueError, match=r'--mixed_precision=.float8.: must be one of'):
+    TrainConfig(mixed_precision='float8')
+
+
+# --- progress ------------------------------------------------------------------------
+
+
+def test_progress_rate_counts_training_time_only(monkeypatch, caplog):
+  clock = [0.]
+  monkeypatch.setattr(train_lib.time, 'time', lambda: clock[0])
+  progress = train_lib._Progress(TrainConfig(train_steps=10, batch_size=8,
+                                             log_every_secs=0.), start=0)
+  with caplog.at_level(logging.INFO, logger='absl'):
+    for step in range(1, 6):
+      progress.start_step()
+      clock[0] += 2.  # a training step: 8 images in 2 s
+      progress.end_step(step, 1.0, 1.0, True)
+      progress.log(step)
+      if step == 3:
+        clock[0] += 500.  # a held-out evaluation
+  lines = [r.getMessage() for r in caplog.records if 'img/s' in r.getMessage()]
+  assert lines and all(' 4.0 img/s' in line for line in lines), lines
+  assert progress.summary()['images_per_sec'] == pytest.approx(4.)
