@@ -148,7 +148,11 @@ class RealNVP(keras.Model):
 
     Values outside [0, L) raise InvalidArgumentError.
     """
-    return self.distribution(training).log_prob(self._check_pixels(pixels))
+    pixels = self._check_pixels(pixels)
+    if training:
+      return self.distribution(training).log_prob(pixels)
+    return _unless_empty(pixels, lambda: self.distribution().log_prob(pixels),
+                         lambda: tf.zeros([0], pixels.dtype))
 
   def _check_pixels(self, pixels):
     """Float pixels [B, H, W, C] in [0, L), or a clear error."""
@@ -198,8 +202,17 @@ class RealNVP(keras.Model):
     `images`, `seed`: see `dequantize`. `num_samples` (K) may be a Python
     int or a scalar tensor. In training mode the K draws form one batch of
     K B examples (batch statistics over all of them); in inference mode they
-    are scored one after the other, so memory does not grow with K.
+    are scored one after the other, so memory does not grow with K. An empty
+    batch gives [K, 0].
     """
+    if training:  # Training batches are never empty (and all-reduce in BN).
+      return self._log_weights(images, seed, num_samples, training)
+    images = self._check_uint8_images(images)
+    return _unless_empty(
+        images, lambda: self._log_weights(images, seed, num_samples, training),
+        lambda: tf.zeros(tf.stack([num_samples, 0]), self.compute_dtype))
+
+  def _log_weights(self, images, seed, num_samples, training):
     images, noise, context = self._dequantization_inputs(
         images, seed, num_samples, training)
 
@@ -279,7 +292,8 @@ class RealNVP(keras.Model):
       images = tf.cast(self._check_uint8_images(images), self.compute_dtype) + 0.5
     else:
       images = self._check_pixels(images)
-    return self.split_latents(self.bijector().inverse(images))
+    return self.split_latents(_unless_empty(
+        images, lambda: self.bijector().inverse(images), lambda: images))
 
   def decode(self, latents):
     """uint8 images from per-scale latents (a list) or a latent [B, H, W, C]."""
@@ -289,7 +303,9 @@ class RealNVP(keras.Model):
     with tf.control_dependencies([tf.debugging.assert_all_finite(
         z, 'latents must be finite (no NaN or inf)')]):
       z = tf.identity(z)
-    return preprocess.quantize(self.bijector().forward(z), self.config.levels)
+    return preprocess.quantize(
+        _unless_empty(z, lambda: self.bijector().forward(z), lambda: z),
+        self.config.levels)
 
   def split_latents(self, z):
     """Latent z [B, H, W, C] -> [z_1, ..., z_S], one per scale, finest first.
@@ -338,3 +354,9 @@ class RealNVP(keras.Model):
   def from_config(cls, config):
     return cls(FlowConfig.from_json(config['config']), config.get('st_dtype'))
 
+
+def _unless_empty(batch, compute, empty):
+  """compute() for a batch with examples, else empty(): the convolutions'
+  kernels fail on an empty batch (which the last batch of a split can give a
+  replica)."""
+  return tf.cond(tf.shape(batch)[0] > 0, compute, empty)
