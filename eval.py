@@ -3,9 +3,11 @@
     python eval.py --model_dir=runs/digits
     python eval.py --model_dir=runs/cifar10 --dequant_samples=4 --watch
     python eval.py --model_dir=runs/digits --export_dir=/tmp/real_nvp_digits
+    python eval.py --model_dir=runs/digits --checkpoint=best --scores_file=scores.csv
+    python eval.py --model_dir=runs/digits --ood_dataset=npz:noise.npz
 
-Writes {model_dir}/eval_results.json, the eval/ TensorBoard scalar
-`bits_per_dim` and {model_dir}/figures/*.png.
+Writes {model_dir}/eval_results.json, the eval/ TensorBoard scalars
+`bits_per_dim` and `bits_per_dim_iw` and {model_dir}/figures/*.png.
 """
 
 import json
@@ -15,13 +17,16 @@ import sys
 import tensorflow as tf
 from absl import app, flags, logging
 
-from real_nvp import checkpoints, cli_flags, data, distribute, export, figures, summaries
-from real_nvp.evaluation import Evaluator
+from real_nvp import (checkpoints, cli_flags, data, distribute, export, figures, ood,
+                      summaries)
+from real_nvp.evaluation import Evaluator, write_scores
 
 cli_flags.define_flags()
 flags.DEFINE_enum('split', 'eval', ['eval', 'train'],
                   'Which split: the held-out one (test or validation) or train.')
-flags.DEFINE_string('checkpoint', None, 'Checkpoint path; default: the latest.')
+flags.DEFINE_string('checkpoint', None,
+                    'Checkpoint path, or "best" (the best held-out checkpoint of '
+                    'training); default: the newest readable one.')
 flags.DEFINE_integer('dequant_samples', 1, lower_bound=1, help=
                      'Dequantization draws K per image: the bound averages them, '
                      'the importance-weighted estimate (bits_per_dim_iw) combines them.')
@@ -30,6 +35,14 @@ flags.DEFINE_integer('watch_timeout', 3600, 'Seconds to wait for a new checkpoin
                      lower_bound=0)
 flags.DEFINE_string('export_dir', None, 'Also export a SavedModel here.')
 flags.DEFINE_bool('figures', True, 'Write the figures.')
+flags.DEFINE_string('scores_file', None,
+                    'Write one CSV row per image of the split: index, name (folder: '
+                    'sources), bits/dim and, with --dequant_samples > 1, the '
+                    'importance-weighted bits/dim.')
+flags.DEFINE_string('ood_dataset', None,
+                    'Also score this data set (any --dataset spec; brought to the '
+                    "model's shape and levels) and report out-of-distribution "
+                    'detection with bits/dim and typicality as the score.')
 FLAGS = flags.FLAGS
 
 def _data_source(model_dir):
@@ -61,12 +74,43 @@ def _write_figures(model, source, model_dir, step, writers):
     writers.images('eval', step, f'figures/{name}', grid)
 
 
+def _out_of_distribution(evaluator, evaluation, source, model_dir, step, writers):
+  config = evaluator.model.config
+  ood_source = data.load_dataset(FLAGS.ood_dataset, FLAGS.data_dir,
+                                 config.image_shape[0], config.image_shape[2])
+  report, ood_evaluation = ood.ood_report(evaluator, evaluation, source, ood_source)
+  picture = figures.ood_histogram(
+      evaluation.bits_per_dim, ood_evaluation.bits_per_dim,
+      f'{source.name} {source.eval_split_name}', report['dataset'],
+      os.path.join(model_dir, 'figures', 'ood_histogram.png'))
+  writers.images('eval', step, 'figures/ood_histogram', picture)
+  writers.scalars('eval', step, {f'ood/{k}': v for k, v in report.items()
+                                 if isinstance(v, float)})
+  print(f"Out of distribution: {report['dataset']}, {report['num_examples']} images, "
+        f"{report['bits_per_dim']:.4f} bits/dim (in distribution "
+        f"{report['in_distribution_bits_per_dim']:.4f}): AUROC {report['auroc']:.4f}, "
+        f"AUPR {report['aupr']:.4f}, FPR at 95% TPR {report['fpr_at_95_tpr']:.4f}; "
+        f"typicality AUROC {report['typicality_auroc']:.4f}, AUPR "
+        f"{report['typicality_aupr']:.4f}, FPR at 95% TPR "
+        f"{report['typicality_fpr_at_95_tpr']:.4f}")
+  return report
+
+
 def _evaluate(model_dir, checkpoint, strategy):
-  model, step, checkpoint = checkpoints.restore_model(model_dir, checkpoint, strategy)
+  model, step, checkpoint = checkpoints.restore_model(
+      model_dir, checkpoints.resolve_checkpoint(model_dir, checkpoint), strategy)
   source = _data_source(model_dir)
   evaluator = Evaluator(model, strategy, FLAGS.batch_size,
                         dequant_samples=FLAGS.dequant_samples, seed=FLAGS.seed)
-  results = evaluator(source, FLAGS.eval_examples or None).summary()
+  evaluation = evaluator(source, FLAGS.eval_examples or None)
+  results = evaluation.summary()
+  writers = summaries.SummaryWriters(model_dir, enabled=True)
+  if FLAGS.scores_file:
+    write_scores(evaluation, FLAGS.scores_file, source.eval.names)
+    results['scores_file'] = os.path.abspath(FLAGS.scores_file)
+  if FLAGS.ood_dataset:
+    results['ood'] = _out_of_distribution(evaluator, evaluation, source, model_dir,
+                                          step, writers)
   results.update(checkpoint_step=step, checkpoint=checkpoint,
                  replicas=strategy.num_replicas_in_sync,
                  dataset=source.name, split=source.eval_split_name,
@@ -75,7 +119,6 @@ def _evaluate(model_dir, checkpoint, strategy):
   with open(results_path + '.tmp', 'w') as f:
     json.dump(results, f, indent=2)
   os.replace(results_path + '.tmp', results_path)
-  writers = summaries.SummaryWriters(model_dir, enabled=True)
   writers.scalars('eval', step, {
       'bits_per_dim': results['bits_per_dim'],
       'bits_per_dim_iw': results['bits_per_dim_iw']})

@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 
+import tensorflow as tf
 from absl import app, flags, logging
 
 from real_nvp import checkpoints, cli_flags, data, distribute, export
@@ -43,24 +44,35 @@ def main(argv):
       if eval_bpd is None:
         return  # Stopped by a signal; the checkpoint is saved.
       if chief:
-        _export(trainer.model, os.path.join(model_dir, 'saved_model'))
+        exported = _export(trainer, os.path.join(model_dir, 'saved_model'))
   except (data.DataError, TrainingDiverged, ValueError, FileNotFoundError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')
+  best_step, best_bpd = trainer.best.best
   print(f'Held-out bits/dim ({source.name}, {source.eval_split_name}): '
-        f'{eval_bpd:.4f} after {trainer.cfg.train_steps} steps. '
-        f'Outputs in {model_dir}')
+        f'{eval_bpd:.4f} after {int(trainer.step.numpy())} steps; best {best_bpd:.4f} '
+        f'at step {best_step}. Outputs in {model_dir}' +
+        (f'; the SavedModel holds step {exported}.' if chief else '.'))
 
 
-def _export(model, export_dir):
+def _export(trainer, export_dir):
+  """Exports the checkpoint --export_checkpoint names; returns its step."""
+  step = int(trainer.step.numpy())
+  best = checkpoints.best_checkpoint(trainer.model_dir)
+  if trainer.cfg.export_checkpoint == 'best' and best is not None:
+    path, step, _ = best
+    weights = tf.train.Checkpoint(model_weights=checkpoints.model_weights(trainer.model))
+    checkpoints.read_checkpoint(weights, path).expect_partial()
+    logging.info('Exporting the best checkpoint, %s (step %d).', path, step)
   try:
-    export.export_saved_model(model, export_dir)
+    export.export_saved_model(trainer.model, export_dir)
   except checkpoints.STORAGE_ERRORS as error:
     raise checkpoints.StorageError(
         f'Could not export the SavedModel to {export_dir} '
         f'({checkpoints.error_summary(error)}); the checkpoints are complete: '
         f'free space and run `python eval.py --model_dir={FLAGS.model_dir or cli_flags.model_dir()} '
         f'--export_dir={export_dir}`.') from None
+  return step
 
 
 if __name__ == '__main__':

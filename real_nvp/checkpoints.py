@@ -7,6 +7,9 @@ writer's lock and atomic exports.
     {model_dir}/data.json, flags.txt          the data settings and every flag
     {model_dir}/train.lock                    host, pid and start of the writer
     {model_dir}/corrupt_checkpoints/          unreadable checkpoints, moved aside
+    {model_dir}/best/ckpt-N, best/best.json   the checkpoint with the lowest held-out
+                                              bits/dim, its step and value, and
+                                              every evaluation of the run
 
 Every fault of the directory is reported with its path and what to do, as a
 `ModelDirError` (a ValueError), never a traceback from inside TensorFlow.
@@ -31,12 +34,15 @@ __all__ = ['ModelDirError', 'CheckpointMismatch', 'StorageError', 'ModelDirLock'
            'model_weights', 'check_config', 'write_config', 'read_config',
            'checkpoint_paths', 'has_checkpoint', 'read_checkpoint',
            'restore_model', 'clean_temporary_files', 'write_run_settings',
-           'read_data_settings', 'export_atomically', 'STORAGE_ERRORS']
+           'read_data_settings', 'export_atomically', 'STORAGE_ERRORS',
+           'BestCheckpoint', 'best_checkpoint', 'resolve_checkpoint']
 
 CONFIG_FILE = 'config.json'
 DATA_FILE = 'data.json'
 LOCK_FILE = 'train.lock'
 CORRUPT_DIR = 'corrupt_checkpoints'
+BEST_DIR = 'best'
+BEST_FILE = 'best.json'
 
 # What reading a damaged checkpoint raises (truncated index or data files,
 # bad checksums, "not an sstable", files gone between listing and reading).
@@ -228,6 +234,7 @@ def restore_model(model_dir, checkpoint=None, strategy=None):
 def clean_temporary_files(model_dir):
   """Removes what an interrupted save or export left behind."""
   leftovers = (glob.glob(os.path.join(glob.escape(model_dir), 'ckpt-*_temp')) +
+               glob.glob(os.path.join(glob.escape(model_dir), BEST_DIR, 'ckpt-*_temp')) +
                glob.glob(os.path.join(glob.escape(model_dir), '*.export-tmp-*')) +
                glob.glob(os.path.join(glob.escape(model_dir), '*.export-old-*')))
   for path in leftovers:
@@ -242,6 +249,97 @@ def quarantine(model_dir, path, reason):
   for name in glob.glob(glob.escape(path) + '.*'):
     shutil.move(name, os.path.join(target, os.path.basename(name)))
   logging.warning('%s Moved its files to %s.', reason, target)
+
+
+# --- the best checkpoint ------------------------------------------------------------
+
+
+def _read_best(model_dir):
+  path = os.path.join(model_dir, BEST_DIR, BEST_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as error:
+    raise ModelDirError(f'{path} cannot be read ({error}); remove {BEST_DIR}/ '
+                        'to start the best-checkpoint record afresh.') from None
+
+
+def best_checkpoint(model_dir):
+  """(path, step, bits/dim) of the best checkpoint, or None."""
+  record = _read_best(model_dir)
+  if not record or record.get('checkpoint') is None:
+    return None
+  path = os.path.join(model_dir, BEST_DIR, record['checkpoint'])
+  return path, record['step'], record['bits_per_dim']
+
+
+def resolve_checkpoint(model_dir, checkpoint):
+  """`checkpoint` as a path: 'best' names the best checkpoint, None the newest."""
+  if checkpoint != 'best':
+    return checkpoint
+  best = best_checkpoint(model_dir)
+  if best is None:
+    raise ModelDirError(f'{model_dir} has no best checkpoint: no held-out '
+                        'evaluation ran during training (--eval_every).')
+  return best[0]
+
+
+class BestCheckpoint:
+  """The checkpoint with the lowest held-out bits/dim, kept in best/ beside the
+  rolling ones (never rotated out by --keep_checkpoints), with best.json:
+  its step and value and the history of every evaluation of the run.
+
+  Args:
+    checkpoint: the tf.train.Checkpoint of the run.
+    model_dir: the model directory.
+    write_dir: where this worker writes (model_dir/best on the chief, a
+      scratch directory on other workers: checkpoint writes are collective).
+  """
+
+  def __init__(self, checkpoint, model_dir, write_dir=None):
+    self.model_dir = model_dir
+    self.directory = os.path.join(model_dir, BEST_DIR)
+    self._write_dir = write_dir or self.directory
+    self._manager = tf.train.CheckpointManager(
+        checkpoint, self._write_dir, max_to_keep=1, checkpoint_name='ckpt')
+    self.history = []
+    self.best = None  # (step, bits/dim)
+    self._name = None  # of the best checkpoint's files in best/
+
+  @property
+  def is_writer(self):
+    return self._write_dir == self.directory
+
+  def resume(self, step):
+    """Loads the record, forgetting evaluations after `step` (the restored one)."""
+    record = _read_best(self.model_dir) or {}
+    self.history = [tuple(h) for h in record.get('history', []) if h[0] <= step]
+    if record.get('checkpoint') is not None:
+      self.best = (record['step'], record['bits_per_dim'])
+      self._name = record['checkpoint']
+
+  @property
+  def evaluations_since_best(self):
+    if self.best is None:
+      return len(self.history)
+    return sum(1 for step, _ in self.history if step > self.best[0])
+
+  def record(self, step, bits_per_dim):
+    """Adds an evaluation; saves the checkpoint if it is the best. -> improved."""
+    self.history.append((step, bits_per_dim))
+    improved = self.best is None or bits_per_dim < self.best[1]
+    if improved:
+      self._name = os.path.basename(self._manager.save(checkpoint_number=step))
+      self.best = (step, bits_per_dim)
+      if not self.is_writer:
+        shutil.rmtree(self._write_dir, ignore_errors=True)
+    if self.is_writer:
+      _write_atomically(os.path.join(self.directory, BEST_FILE), json.dumps({
+          'checkpoint': self._name, 'step': self.best[0],
+          'bits_per_dim': self.best[1], 'history': self.history}, indent=1))
+    return improved
 
 
 # --- run settings -----------------------------------------------------------------

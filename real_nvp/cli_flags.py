@@ -69,8 +69,9 @@ _ARCHITECTURE_FLAGS = ('num_scales', 'num_blocks', 'feature_maps',
 def _define_setting(field):
   name, default, help_text = (config_lib.flag_name(field), field.default,
                               field.metadata['help'])
-  if field.name == 'mixed_precision':
-    flags.DEFINE_enum(name, default, ['bfloat16', 'float16'], help_text)
+  if field.metadata['choices']:
+    flags.DEFINE_enum(name, default, [c for c in field.metadata['choices'] if c],
+                      help_text)
   elif field.type is bool:
     flags.DEFINE_bool(name, default, help_text)
   elif field.type is int:

@@ -166,9 +166,11 @@ def _choice(*choices):
   return check
 
 
-def _setting(default, help, check=None, flag=None):
-  return dataclasses.field(default=default,
-                           metadata={'help': help, 'check': check, 'flag': flag})
+def _setting(default, help, check=None, flag=None, choices=None):
+  if choices:
+    check = _choice(*choices)
+  return dataclasses.field(default=default, metadata={
+      'help': help, 'check': check, 'flag': flag, 'choices': choices})
 
 
 @dataclasses.dataclass
@@ -207,10 +209,16 @@ class TrainConfig:
   mixed_precision: str = _setting(
       None, 'Compute dtype of the s/t networks (GPUs/TPUs): bfloat16 or float16; '
       'the flow, log-dets and likelihood stay float32.',
-      _choice(None, 'bfloat16', 'float16'))
+      choices=(None, 'bfloat16', 'float16'))
   train_dequant_samples: int = _setting(
       1, 'Dequantization draws K per image in training; K > 1 trains on the '
       'K-draw importance-weighted bound.', _at_least(1))
+  export_checkpoint: str = _setting(
+      'best', 'Which checkpoint train.py exports: the best held-out one, or the '
+      'last.', choices=('best', 'last'))
+  early_stopping_evals: int = _setting(
+      0, 'Stop after this many held-out evaluations without improvement; 0: off.',
+      _at_least(0))
 
   def __post_init__(self):
     self.sample_temperatures = tuple(float(t) for t in self.sample_temperatures)

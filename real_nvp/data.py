@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ['DataError', 'DataSource', 'Split', 'load_dataset', 'train_dataset',
-           'eval_dataset', 'in_memory_source', 'TFDS_DATASETS', 'DIGITS_PATH']
+           'eval_dataset', 'in_memory_source', 'conform', 'TFDS_DATASETS',
+           'DIGITS_PATH']
 
 DIGITS_PATH = os.path.join(os.path.dirname(__file__), 'data', 'digits.npz')
 _HELD_OUT_FRACTION = 0.1
@@ -45,11 +46,14 @@ class Split:
   `dataset_fn()` returns a tf.data.Dataset of uint8 images in a fixed order;
   `transform(image, seed)` maps a stored image to the model's input, with a
   stateless `seed` for random crops in training or None for evaluation.
+  `names`: what identifies each example to a user (file names of folder:
+  sources), in the split's order; None where the index is all there is.
   """
   num_examples: int
   images: Optional[np.ndarray] = None
   dataset_fn: Optional[Callable[[], tf.data.Dataset]] = None
   transform: Optional[Callable] = None
+  names: Optional[list] = None
 
 
 @dataclasses.dataclass
@@ -66,11 +70,17 @@ class DataSource:
 
 # --- in-memory sources ---------------------------------------------------------
 
+def _held_out_order(count):
+  """Indices of a fixed, seeded 10 % held out, and of the rest (training)."""
+  order = np.random.default_rng(_SPLIT_SEED).permutation(count)
+  num_eval = max(1, int(round(_HELD_OUT_FRACTION * count)))
+  return order[num_eval:], order[:num_eval]
+
+
 def _held_out_split(images):
   """A fixed, seeded 10 % of the images for evaluation, the rest for training."""
-  order = np.random.default_rng(_SPLIT_SEED).permutation(len(images))
-  num_eval = max(1, int(round(_HELD_OUT_FRACTION * len(images))))
-  return images[order[num_eval:]], images[order[:num_eval]]
+  train, held_out = _held_out_order(len(images))
+  return images[train], images[held_out]
 
 
 def _check_images(images, where):
@@ -143,8 +153,12 @@ def _load_folder(path, name, image_size, channels):
             image_size, image_size, channels))
     except OSError as error:
       raise DataError(f'{name}: cannot read image {file}: {error}') from None
-  train, held_out = _held_out_split(_check_images(np.stack(images), path))
-  return in_memory_source(name, train, held_out, 256, 'held-out 10%')
+  images = _check_images(np.stack(images), path)
+  train, held_out = _held_out_order(len(images))
+  source = in_memory_source(name, images[train], images[held_out], 256, 'held-out 10%')
+  source.train.names = [os.path.relpath(files[i], path) for i in train]
+  source.eval.names = [os.path.relpath(files[i], path) for i in held_out]
+  return source
 
 
 # --- TFDS sources (paper §4.1 preprocessing) ---------------------------------
@@ -245,6 +259,38 @@ def load_dataset(name, data_dir=None, image_size=32, image_channels=3):
   raise DataError(
       f'Unknown data set {name!r}. Known: digits, npz:PATH, folder:PATH, '
       f'{", ".join(sorted(TFDS_DATASETS))}')
+
+
+def conform(source, image_shape, levels):
+  """`source` as images of `image_shape` with `levels` levels, for a model
+  trained on other data (out-of-distribution scoring).
+
+  The shape must match (folder: sources are resized when loaded with the
+  model's --image_size / --image_channels); other levels are requantized,
+  x' = floor((x + 1/2) L' / L), the bin that holds the centre of x's bin.
+  """
+  if tuple(source.image_shape) != tuple(image_shape):
+    raise DataError(
+        f'{source.name} has images of shape {tuple(source.image_shape)}; the model '
+        f'takes {tuple(image_shape)}. Use a data set of that shape (a folder: '
+        'source is resized to --image_size and --image_channels).')
+  if source.levels == levels:
+    return source
+
+  def requantize(images):
+    scaled = (tf.cast(images, tf.float32) + 0.5) * (levels / source.levels)
+    return tf.cast(tf.clip_by_value(tf.floor(scaled), 0., levels - 1.), tf.uint8)
+
+  def split(part):
+    if part.images is not None:
+      return dataclasses.replace(part, images=requantize(part.images).numpy())
+    previous = part.transform or (lambda image, seed: image)
+    return dataclasses.replace(
+        part, transform=lambda image, seed: requantize(previous(image, seed)))
+
+  return dataclasses.replace(source, levels=levels, train=split(source.train),
+                             eval=split(source.eval),
+                             name=f'{source.name} (requantized to {levels} levels)')
 
 
 # --- pipelines ------------------------------------------------------------------

@@ -8,15 +8,17 @@ batches are split across replicas. Each image is scored with K draws
 importance-weighted estimate (see `RealNVP.bits_per_dim_estimates`).
 """
 
+import csv
 import dataclasses
 import math
+import os
 
 import numpy as np
 import tensorflow as tf
 
 from real_nvp import data
 
-__all__ = ['Evaluator', 'Evaluation']
+__all__ = ['Evaluator', 'Evaluation', 'write_scores']
 
 
 @dataclasses.dataclass
@@ -41,6 +43,22 @@ class Evaluation:
     return {'bits_per_dim': bound, 'std_error': bound_error,
             'bits_per_dim_iw': iw, 'std_error_iw': iw_error,
             'num_examples': count, 'dequant_samples': self.dequant_samples}
+
+
+def write_scores(evaluation, path, names=None):
+  """One CSV row per image: index, [name,] bits_per_dim[, bits_per_dim_iw (K > 1)]."""
+  with_iw = evaluation.dequant_samples > 1
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['index'] + (['name'] if names else []) + ['bits_per_dim'] +
+                    (['bits_per_dim_iw'] if with_iw else []))
+    for row, index in enumerate(evaluation.indices):
+      writer.writerow([int(index)] + ([names[index]] if names else []) +
+                      [f'{evaluation.bits_per_dim[row]:.6f}'] +
+                      ([f'{evaluation.bits_per_dim_iw[row]:.6f}'] if with_iw else []))
+  return path
 
 
 class Evaluator:

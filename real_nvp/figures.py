@@ -5,6 +5,7 @@ the flow in inference mode.
 """
 
 import math
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -12,7 +13,7 @@ import tensorflow as tf
 from real_nvp import summaries
 
 __all__ = ['manifold_latents', 'manifold', 'scale_resampling', 'reconstructions',
-           'sample_grid']
+           'sample_grid', 'ood_histogram']
 
 
 def sample_grid(model, temperature, num_samples=64, seed=0):
@@ -84,3 +85,27 @@ def reconstructions(model, images):
   both = np.concatenate([np.asarray(images), recon.numpy()])
   return summaries.image_grid(summaries.to_display(both, model.config.levels),
                               columns=len(images))
+
+
+def ood_histogram(in_bits_per_dim, ood_bits_per_dim, in_name, ood_name, path):
+  """Histograms of both sets' bits/dim on one plot: a PNG at `path`; returns
+  the picture as a uint8 array [H, W, 3] (for TensorBoard)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+
+  values = np.concatenate([in_bits_per_dim, ood_bits_per_dim])
+  bins = np.linspace(values.min(), values.max(), 50)
+  figure, axis = plt.subplots(figsize=(7, 4))
+  for name, scores in ((in_name, in_bits_per_dim), (ood_name, ood_bits_per_dim)):
+    axis.hist(scores, bins=bins, alpha=0.6, density=True, label=f'{name} ({len(scores)})')
+  axis.set_xlabel('bits/dim')
+  axis.set_ylabel('density')
+  axis.legend()
+  figure.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+  from PIL import Image
+  with Image.open(path) as image:
+    return np.asarray(image.convert('RGB'))

@@ -16,9 +16,15 @@ exactly (ties count one half):
   true-positive rate is at least 0.95.
 """
 
+import dataclasses
+
 import numpy as np
 
-__all__ = ['auroc', 'aupr', 'fpr_at_tpr', 'ood_metrics']
+from real_nvp import data
+
+__all__ = ['auroc', 'aupr', 'fpr_at_tpr', 'ood_metrics', 'ood_report']
+
+_TYPICALITY_IMAGES = 1000  # training images at least behind the mean bits/dim
 
 
 def _labels_and_scores(in_scores, ood_scores):
@@ -78,3 +84,27 @@ def ood_metrics(in_bits_per_dim, ood_bits_per_dim, train_mean_bits_per_dim):
     results[f'{prefix}aupr'] = aupr(inside, outside)
     results[f'{prefix}fpr_at_95_tpr'] = fpr_at_tpr(inside, outside)
   return results
+
+
+def ood_report(evaluator, in_evaluation, source, ood_source):
+  """Scores `ood_source` (brought to the model's shape and levels, see
+  `data.conform`) with `evaluator` and compares it with `in_evaluation`.
+
+  The typicality reference is the mean bits/dim of the first
+  max(1000, n) training images of `source` (n: in-distribution images).
+  Returns (report dict, the OOD set's Evaluation).
+  """
+  model_config = evaluator.model.config
+  ood_source = data.conform(ood_source, model_config.image_shape, model_config.levels)
+  ood_evaluation = evaluator(ood_source, len(in_evaluation.indices))
+  train_split = dataclasses.replace(source, eval=source.train)
+  reference = evaluator(train_split, min(source.train.num_examples,
+                                         max(_TYPICALITY_IMAGES, len(in_evaluation.indices))))
+  train_mean = float(np.mean(reference.bits_per_dim.astype(np.float64)))
+  report = {'dataset': ood_source.name, 'num_examples': len(ood_evaluation.indices),
+            'bits_per_dim': float(np.mean(ood_evaluation.bits_per_dim)),
+            'in_distribution_bits_per_dim': float(np.mean(in_evaluation.bits_per_dim)),
+            'train_mean_bits_per_dim': train_mean,
+            **ood_metrics(in_evaluation.bits_per_dim, ood_evaluation.bits_per_dim,
+                          train_mean)}
+  return report, ood_evaluation

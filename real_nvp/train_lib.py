@@ -105,6 +105,10 @@ class Trainer:
     self._checkpoint_dir = model_dir if self.is_chief else os.path.join(
         model_dir, f'.worker_{strategy.cluster_resolver.task_id}_tmp')
     self.manager = None  # Created by restore(), once the directory is sound.
+    self.best = checkpoints.BestCheckpoint(
+        self.checkpoint, model_dir, None if self.is_chief else os.path.join(
+            model_dir, f'.worker_{strategy.cluster_resolver.task_id}_best_tmp'))
+    self._early_stopped = False
     self._updated_since_save = False
     self.writers = summaries.SummaryWriters(model_dir, self.is_chief)
     # XLA compiles the per-replica forward and backward pass; the all-reduce
@@ -146,6 +150,7 @@ class Trainer:
       if not checkpoints.has_checkpoint(self.model_dir):
         os.makedirs(self.model_dir, exist_ok=True)
       checkpoints.write_config(self.model_dir, self.flow_config)
+    self.best.resume(int(self.step.numpy()))
     return int(self.step.numpy())
 
   def last_good_checkpoint(self):
@@ -285,8 +290,9 @@ class Trainer:
     self._stop_requested = True
 
   def train(self):
-    """Trains to `train_steps`; returns the final held-out bits/dim (or None
-    if stopped by a signal)."""
+    """Trains to `train_steps` (or until early stopping); returns the last
+    held-out bits/dim (None if stopped by a signal). `self.best` holds the
+    best evaluation."""
     cfg = self.cfg
     start = self.restore()
     previous_handlers = {s: signal.signal(s, self._request_stop)
@@ -298,11 +304,27 @@ class Trainer:
         signal.signal(s, handler)
     if self._stop_requested:
       return None
+    if self._early_stopped:
+      return self.best.history[-1][1]
+    return self._held_out_evaluation(int(self.step.numpy()))
+
+  def _held_out_evaluation(self, step):
+    """Evaluates, keeps the best checkpoint, decides on early stopping."""
+    cfg = self.cfg
     eval_bpd = self.evaluate(cfg.eval_examples)
-    step = int(self.step.numpy())
-    self.writers.scalars('eval', step, {'bits_per_dim': eval_bpd})
-    logging.info('Step %d: held-out bits/dim %.4f (%s)', step, eval_bpd,
-                 self.source.eval_split_name)
+    improved = self.best.record(step, eval_bpd)
+    self.writers.scalars('eval', step, {'bits_per_dim': eval_bpd,
+                                        'best_bits_per_dim': self.best.best[1]})
+    logging.info('step %d: held-out bits/dim %.4f (%s)%s', step, eval_bpd,
+                 self.source.eval_split_name,
+                 ', the best so far' if improved else
+                 f'; best {self.best.best[1]:.4f} at step {self.best.best[0]}')
+    waited = self.best.evaluations_since_best
+    if cfg.early_stopping_evals and waited >= cfg.early_stopping_evals:
+      logging.info('Early stopping at step %d: %d held-out evaluations without '
+                   'improvement on %.4f bits/dim (step %d).', step, waited,
+                   self.best.best[1], self.best.best[0])
+      self._early_stopped = True
     return eval_bpd
 
   def _loop(self, start):
@@ -313,7 +335,7 @@ class Trainer:
     iterator = iter(dataset)
     step = start
     progress = _Progress(cfg, start)
-    while step < cfg.train_steps and not self._stop_requested:
+    while step < cfg.train_steps and not (self._stop_requested or self._early_stopped):
       progress.start_step()
       images = next(iterator)
       if step == start and self.is_chief:
@@ -346,15 +368,15 @@ class Trainer:
       if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
         self.save()
       if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.train_steps:
-        eval_bpd = self.evaluate(cfg.eval_examples)
-        self.writers.scalars('eval', step, {'bits_per_dim': eval_bpd})
-        logging.info('step %d: held-out bits/dim %.4f', step, eval_bpd)
+        self._held_out_evaluation(step)
         self.write_samples(step)
+    if self._stop_requested or self._early_stopped:
+      if step % cfg.checkpoint_every:
+        self.save()
     if self._stop_requested:
-      self.save()
       logging.info('Stopped at step %d; checkpoint saved. Run again to resume.',
                    step)
-    else:
+    elif not self._early_stopped:
       self.write_samples(step)
 
 

@@ -281,19 +281,62 @@ def test_saved_model_loads_and_scores_without_the_project(run, request, tmp_path
   np.testing.assert_allclose(out['iw'][0], estimates['bits_per_dim'], rtol=1e-4)
   np.testing.assert_allclose(out['iw'][1], estimates['bits_per_dim_iw'], rtol=1e-4)
   assert out['round_trip'] and out['scales'] == ['scale_1', 'scale_2']
-  errors = out['errors']
-  assert 'TensorSpec(shape=(None, 8, 8, 1), dtype=tf.uint8' in errors['rank']
-  assert 'TensorSpec(shape=(None, 8, 8, 1)' in errors['shape']
-  assert 'dtype=tf.uint8' in errors['dtype']
-  assert 'images must be < levels=17' in errors['range']
-  assert 'pixels must be < levels=17' in errors['pixels']
-  assert 'images must be < levels=17' in errors['encode_range']
-  assert 'latents must be finite' in errors['decode_nan']
-  assert 'num_samples must be >= 1' in errors['sample_zero']
-  assert 'num_samples must be <= 16384' in errors['sample_many']
-  assert 'temperature must be finite' in errors['temperature_inf']
-  assert 'temperature must be >= 0' in errors['temperature_negative']
-  assert 'num_samples must be >= 1' in errors['iw_zero']
+  expected_errors = {
+      'rank': 'TensorSpec(shape=(None, 8, 8, 1), dtype=tf.uint8',
+      'shape': 'TensorSpec(shape=(None, 8, 8, 1)', 'dtype': 'dtype=tf.uint8',
+      'range': 'images must be < levels=17', 'pixels': 'pixels must be < levels=17',
+      'encode_range': 'images must be < levels=17', 'decode_nan': 'latents must be finite',
+      'sample_zero': 'num_samples must be >= 1', 'sample_many': 'num_samples must be <= 16384',
+      'temperature_inf': 'temperature must be finite',
+      'temperature_negative': 'temperature must be >= 0', 'iw_zero': 'num_samples must be >= 1'}
+  for name, message in expected_errors.items():
+    assert message in (out['errors'][name] or ''), (name, out['errors'][name])
   assert out['empty'] == [[0], [0, 8, 8, 1], [0]]
   assert out['batched'] == [[600, 8, 8, 1], True]
   assert out['attributes'] == [17, [8, 8, 1], 17]
+
+
+def test_scores_file_and_out_of_distribution_report(trained, tmp_path):
+  model_dir, model, _ = trained
+  rng = np.random.default_rng(0)
+  noise = tmp_path / 'noise.npz'  # 256 levels, requantized to the model's 17
+  np.savez(noise, train=rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8),
+           test=rng.integers(0, 256, (100, 8, 8, 1), dtype=np.uint8))
+  scores = tmp_path / 'scores.csv'
+  result = subprocess.run(
+      [sys.executable, 'eval.py', f'--model_dir={model_dir}', '--nofigures',
+       '--eval_examples=100', '--dequant_samples=2', f'--scores_file={scores}',
+       f'--ood_dataset=npz:{noise}'], cwd=ROOT, capture_output=True, text=True,
+      timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = scores.read_text().splitlines()
+  assert rows[0] == 'index,bits_per_dim,bits_per_dim_iw' and len(rows) == 101
+  values = np.array([[float(v) for v in row.split(',')] for row in rows[1:]])
+  np.testing.assert_array_equal(values[:, 0], np.arange(100))
+  with open(os.path.join(model_dir, 'eval_results.json')) as f:
+    results = json.load(f)
+  assert values[:, 1].mean() == pytest.approx(results['bits_per_dim'], abs=1e-5)
+  assert values[:, 2].mean() == pytest.approx(results['bits_per_dim_iw'], abs=1e-5)
+  report = results['ood']
+  assert report['num_examples'] == 100 and 'requantized to 17 levels' in report['dataset']
+  assert report['auroc'] > 0.95 and report['typicality_auroc'] > 0.95
+  for key in ('aupr', 'fpr_at_95_tpr', 'typicality_aupr', 'typicality_fpr_at_95_tpr'):
+    assert 0. <= report[key] <= 1.
+  assert 'AUROC' in result.stdout
+  assert os.path.exists(os.path.join(model_dir, 'figures', 'ood_histogram.png'))
+
+
+def test_scores_of_a_folder_name_its_files(tmp_path):
+  from real_nvp import evaluation
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  for i in range(20):
+    Image.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(folder / f'img{i:02d}.png')
+  source = data.load_dataset(f'folder:{folder}', image_size=8, image_channels=1)
+  assert len(source.eval.names) == source.eval.num_examples == 2
+  fake = evaluation.Evaluation(np.arange(2), np.array([1., 2.]), np.array([1., 2.]), 1)
+  path = evaluation.write_scores(fake, str(tmp_path / 's.csv'), source.eval.names)
+  rows = open(path).read().splitlines()
+  assert rows[0] == 'index,name,bits_per_dim'
+  assert rows[1].split(',')[1] == source.eval.names[0]
+  assert all(name.startswith('img') and name.endswith('.png') for name in source.eval.names)

@@ -26,9 +26,10 @@ def _env():
 
 
 def _trainer(model_dir, steps, checkpoint_every=2, **train):
-  config = TrainConfig(train_steps=steps, batch_size=16, eval_every=0,
-                       eval_examples=16, checkpoint_every=checkpoint_every,
-                       num_samples=4, log_every_secs=1000., **train)
+  config = TrainConfig(**{
+      'train_steps': steps, 'batch_size': 16, 'eval_every': 0, 'eval_examples': 16,
+      'checkpoint_every': checkpoint_every, 'num_samples': 4, 'log_every_secs': 1000.,
+      **train})
   return Trainer(distribute.get_strategy('one_device'), data.load_dataset('digits'),
                  preset('digits', **TINY), config, str(model_dir))
 
@@ -246,3 +247,52 @@ def test_progress_rate_counts_training_time_only(monkeypatch, caplog):
   lines = [r.getMessage() for r in caplog.records if 'img/s' in r.getMessage()]
   assert lines and all(' 4.0 img/s' in line for line in lines), lines
   assert progress.summary()['images_per_sec'] == pytest.approx(4.)
+
+
+# --- the best checkpoint ------------------------------------------------------------
+
+
+def test_best_checkpoint_survives_rotation_and_resume_and_is_exported(tmp_path):
+  trainer = _trainer(tmp_path, 8, checkpoint_every=1, eval_every=2, keep_checkpoints=2)
+  values = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])  # held-out bits/dim of each evaluation
+  trainer.evaluate = lambda num_examples=None: next(values)
+  trainer.train()
+  assert checkpoints.checkpoint_paths(str(tmp_path)) == [
+      str(tmp_path / 'ckpt-8'), str(tmp_path / 'ckpt-7')]  # rotation
+  path, step, value = checkpoints.best_checkpoint(str(tmp_path))
+  assert (path, step, value) == (str(tmp_path / 'best' / 'ckpt-4'), 4, 2.0)
+  assert checkpoints.resolve_checkpoint(str(tmp_path), 'best') == path
+  # The best checkpoint holds the weights of step 4.
+  _, restored_step, _ = checkpoints.restore_model(str(tmp_path), path)
+  assert restored_step == 4
+  # Resumed with more steps, the record goes on from where it was.
+  resumed = _trainer(tmp_path, 12, checkpoint_every=1, eval_every=2, keep_checkpoints=2)
+  resumed.evaluate = lambda num_examples=None: next(values)
+  resumed.train()
+  assert resumed.best.best == (4, 2.0)
+  assert [s for s, _ in resumed.best.history] == [2, 4, 6, 8, 10, 12]
+
+
+def test_early_stopping_stops_after_evaluations_without_improvement(tmp_path, caplog):
+  trainer = _trainer(tmp_path, 40, checkpoint_every=4, eval_every=2,
+                     early_stopping_evals=2)
+  values = iter([3.0, 2.0, 2.1, 2.2, 1.0])
+  trainer.evaluate = lambda num_examples=None: next(values)
+  with caplog.at_level(logging.INFO, logger='absl'):
+    assert trainer.train() == 2.2
+  assert int(trainer.step.numpy()) == 8
+  assert 'Early stopping at step 8: 2 held-out evaluations without improvement' in caplog.text
+  assert checkpoints.checkpoint_paths(str(tmp_path))[0] == str(tmp_path / 'ckpt-8')
+  assert trainer.best.best == (4, 2.0)
+
+
+def test_train_py_exports_the_best_checkpoint(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'train.py', '--flagfile=flags/smoke.cfg', f'--model_dir={tmp_path}',
+       '--eval_every=10', '--train_steps=20'], cwd=ROOT, env=_env(),
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  _, step, value = checkpoints.best_checkpoint(str(tmp_path))
+  assert f'best {value:.4f} at step {step}' in result.stdout
+  assert f'the SavedModel holds step {step}' in result.stdout
+  assert os.path.exists(tmp_path / 'saved_model' / 'saved_model.pb')
