@@ -14,7 +14,6 @@ import json
 import os
 import sys
 
-import tensorflow as tf
 from absl import app, flags, logging
 
 from real_nvp import (checkpoints, cli_flags, data, distribute, export, figures, ood,
@@ -144,15 +143,9 @@ def main(argv):
     if not FLAGS.watch:
       _evaluate(model_dir, FLAGS.checkpoint, strategy)
       return
-    for checkpoint in tf.train.checkpoints_iterator(model_dir, timeout=FLAGS.watch_timeout):
-      logging.info('Evaluating %s', checkpoint)
-      try:
-        _evaluate(model_dir, checkpoint, strategy)
-      except checkpoints.ModelDirError as error:
-        if isinstance(error, checkpoints.CheckpointMismatch):
-          raise
-        # The trainer's rotation may delete a checkpoint before it is read.
-        logging.warning('Skipping %s: %s', checkpoint, error)
+    checkpoints.watch_checkpoints(
+        model_dir, FLAGS.watch_timeout,
+        lambda checkpoint: _evaluate(model_dir, checkpoint, strategy))
   except (data.DataError, FileNotFoundError, ValueError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')

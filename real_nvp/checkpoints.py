@@ -35,7 +35,8 @@ __all__ = ['ModelDirError', 'CheckpointMismatch', 'StorageError', 'ModelDirLock'
            'checkpoint_paths', 'has_checkpoint', 'read_checkpoint',
            'restore_model', 'clean_temporary_files', 'write_run_settings',
            'read_data_settings', 'export_atomically', 'STORAGE_ERRORS',
-           'BestCheckpoint', 'best_checkpoint', 'resolve_checkpoint']
+           'BestCheckpoint', 'best_checkpoint', 'resolve_checkpoint',
+           'watch_checkpoints']
 
 CONFIG_FILE = 'config.json'
 DATA_FILE = 'data.json'
@@ -229,6 +230,20 @@ def restore_model(model_dir, checkpoint=None, strategy=None):
     return model, int(step.numpy()), path
   raise ModelDirError(f'None of the {len(candidates)} checkpoints in {model_dir} '
                       'can be read (see the warnings above).')
+
+
+def watch_checkpoints(model_dir, timeout, evaluate):
+  """Calls evaluate(path) on each new checkpoint until `timeout` seconds pass
+  without one. A checkpoint that cannot be read when its turn comes (the
+  trainer's rotation deleted it, or it is damaged) is skipped with a warning."""
+  for path in tf.train.checkpoints_iterator(model_dir, timeout=timeout):
+    logging.info('Evaluating %s', path)
+    try:
+      evaluate(path)
+    except CheckpointMismatch:
+      raise
+    except ModelDirError as error:
+      logging.warning('Skipping %s: %s', path, error)
 
 
 def clean_temporary_files(model_dir):

@@ -1,8 +1,9 @@
-"""Training: the distributed train step, evaluation, checkpoints and the loop.
+"""Training: the distributed train step and the loop (held-out evaluation:
+evaluation.py; the model directory: checkpoints.py).
 
 Everything that draws randomness is a pure function of (seed, step): the
 data order and augmentation (see data.py), the dequantization noise of a step,
-the evaluation noise. Together with the checkpointed weights, optimizer
+the evaluation noise (of (seed, image index)). Together with the checkpointed weights, optimizer
 slots, step and batch-norm averages, a run restarted from its last checkpoint
 continues exactly as if it had not stopped.
 """
@@ -293,7 +294,6 @@ class Trainer:
     """Trains to `train_steps` (or until early stopping); returns the last
     held-out bits/dim (None if stopped by a signal). `self.best` holds the
     best evaluation."""
-    cfg = self.cfg
     start = self.restore()
     previous_handlers = {s: signal.signal(s, self._request_stop)
                          for s in (signal.SIGTERM, signal.SIGINT)}

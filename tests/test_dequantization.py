@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import dense_log_det, per_example_log_det, perturb
+from conftest import dense_log_det, perturb
 from real_nvp import RealNVP, data, preset
 from real_nvp.dequantization import VariationalDequantizer, base_noise
 

@@ -71,7 +71,7 @@ def test_a_stale_lock_is_taken_over(tmp_path, caplog):
       f'{{"host": "{os.uname().nodename}", "pid": {pid}, "started": "x"}}')
   with caplog.at_level(logging.WARNING), ModelDirLock(str(tmp_path)):
     assert f'"pid": {os.getpid()}' in (tmp_path / 'train.lock').read_text()
-  assert f'stale lock' in caplog.text and str(pid) in caplog.text
+  assert 'stale lock' in caplog.text and str(pid) in caplog.text
 
 
 # --- finite checkpoints ---------------------------------------------------------------

@@ -201,6 +201,7 @@ def test_bad_flags_give_one_clear_error(tmp_path, flag, message):
 def test_architecture_mismatch_is_named(tmp_path):
   stored = preset('digits', num_scales=1, num_blocks=1, feature_maps=8)
   (tmp_path / 'config.json').write_text(stored.to_json())
+  (tmp_path / 'ckpt-4.index').write_bytes(b'')  # a checkpoint of that architecture
   result = _run_train(*TINY_FLAGS, '--train_steps=4', '--feature_maps=16',
                       f'--model_dir={tmp_path}', check=False)
   assert result.returncode != 0
