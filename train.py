@@ -24,11 +24,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  model_dir = cli_flags.model_dir()
   try:
     strategy = distribute.get_strategy(FLAGS.strategy)
     source = data.load_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.image_size,
                                FLAGS.image_channels)
-    model_dir = cli_flags.model_dir()
     flow_config, train_config = cli_flags.flow_config(source), cli_flags.train_config()
     chief = distribute.is_chief(strategy)
     with checkpoints.ModelDirLock(model_dir) if chief else contextlib.nullcontext():
@@ -48,6 +48,13 @@ def main(argv):
   except (data.DataError, TrainingDiverged, ValueError, FileNotFoundError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')
+  except checkpoints.STORAGE_ERRORS as error:  # summaries, samples, settings
+    paths = checkpoints.checkpoint_paths(model_dir)
+    message = (f'Writing to {model_dir} failed ({checkpoints.error_summary(error)}). '
+               f'The last good checkpoint is {paths[0] if paths else "none"}; fix the '
+               'directory (free space, permissions) and run the same command again.')
+    logging.error('%s', message)
+    sys.exit(f'Error: {message}')
   best_step, best_bpd = trainer.best.best
   print(f'Held-out bits/dim ({source.name}, {source.eval_split_name}): '
         f'{eval_bpd:.4f} after {int(trainer.step.numpy())} steps; best {best_bpd:.4f} '
@@ -70,7 +77,7 @@ def _export(trainer, export_dir):
     raise checkpoints.StorageError(
         f'Could not export the SavedModel to {export_dir} '
         f'({checkpoints.error_summary(error)}); the checkpoints are complete: '
-        f'free space and run `python eval.py --model_dir={FLAGS.model_dir or cli_flags.model_dir()} '
+        f'free space and run `python eval.py --model_dir={trainer.model_dir} '
         f'--export_dir={export_dir}`.') from None
   return step
 

@@ -106,15 +106,16 @@ def figure_one(flow, points, colour, path, seed=1):
   prior = np.random.default_rng(seed).standard_normal(points.shape).astype(np.float32)
   generated = flow.decode(tf.constant(prior)).numpy()
   nearest = np.argmin(((generated[:, None] - points[None]) ** 2).sum(-1), axis=1)
-  panels = [('Inference: x ~ p_X', points, colour), ('z = f(x)', z, colour),
-            ('Generation: z ~ p_Z', prior, colour[nearest]),
-            ('x = f^-1(z)', generated, colour[nearest])]
+  data_side, latent_side = 3.5, 4.5  # axis limits
+  panels = [('Inference: x ~ p_X', points, colour, data_side),
+            ('z = f(x)', z, colour, latent_side),
+            ('Generation: z ~ p_Z', prior, colour[nearest], latent_side),
+            ('x = f^-1(z)', generated, colour[nearest], data_side)]
   figure, axes = plt.subplots(2, 2, figsize=(8, 8))
-  for axis, (title, values, colours) in zip(axes.flat, panels):
+  for axis, (title, values, colours, limit) in zip(axes.flat, panels):
     axis.scatter(values[:, 0], values[:, 1], c=colours, cmap='viridis', s=3)
     axis.set_title(title)
     axis.set_aspect('equal')
-    limit = 4.5 if 'z' in title else 3.
     axis.set_xlim(-limit, limit)
     axis.set_ylim(-limit, limit)
   figure.tight_layout()
