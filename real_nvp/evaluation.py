@@ -104,8 +104,10 @@ class Evaluator:
       self.step = tf.function(self._step_fn, input_signature=[dataset.element_spec])
     parts = [[], [], []]
     for batch in dataset:
+      # Gathered across every replica of every worker, so that each worker
+      # holds the whole split's results (and takes the same decisions).
       for part, values in zip(parts, self.step(batch)):
-        part.extend(v.numpy() for v in self.strategy.experimental_local_results(values))
+        part.append(self.strategy.gather(values, axis=0).numpy())
     indices, bound, iw = (np.concatenate(p) if p else np.zeros([0]) for p in parts)
     order = np.argsort(indices, kind='stable')
     return Evaluation(indices[order].astype(np.int64), bound[order], iw[order],
