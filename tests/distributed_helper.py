@@ -70,10 +70,6 @@ def replicas(out, dequantization='uniform'):
     dataset = iter(strategy.distribute_datasets_from_function(
         lambda ctx: data.train_dataset(source, 16, 3, 0, ctx)))
     losses = [float(trainer.train_step(next(dataset))[0]) for _ in range(3)]
-    # Held-out scores under the strategy (uneven last batch: 70 = 4 x 16 + 6).
-    evaluation = trainer.evaluator(source, 70)
-    results[f'eval_{name}'] = [evaluation.indices.tolist(),
-                               evaluation.bits_per_dim.tolist()]
     runs[name] = (losses, _weights(trainer), strategy.num_replicas_in_sync)
     if name == 'mirrored':  # Every replica's copy of every variable updated alike.
       state = [v.value for v in trainer.model.variables] + list(trainer.optimizer.variables)
