@@ -1,8 +1,8 @@
 """Run as a subprocess by test_train.py: distributed training checks that need
 a fresh TensorFlow (logical devices, TF_CONFIG).
 
-  python distributed_helper.py replicas OUT.json [DEQUANTIZATION]
-                                                   2 replicas vs one device
+  python distributed_helper.py replicas OUT.json   2 replicas vs one device, for
+                                                   each dequantizer
   python distributed_helper.py worker OUT.npz DIR  one worker of TF_CONFIG's cluster
   python distributed_helper.py eval OUT.json DIR   eval.py's restore and evaluation,
                                                    2 replicas vs one device
@@ -59,13 +59,20 @@ def evaluate(out, model_dir):
     json.dump(results, f)
 
 
-def replicas(out, dequantization='uniform'):
+def replicas(out):
   _two_cpus()
+  results = {dequantization: _replicas(dequantization, os.path.dirname(out))
+             for dequantization in ('uniform', 'variational')}
+  with open(out, 'w') as f:
+    json.dump(results, f)
+
+
+def _replicas(dequantization, folder):
   results = {}
   runs = {}
   for name in ('mirrored', 'one_device'):
     strategy = distribute.get_strategy(name)
-    trainer, source = _train(strategy, os.path.join(os.path.dirname(out), name), 3,
+    trainer, source = _train(strategy, os.path.join(folder, dequantization, name), 3,
                              config=CONFIG.replace(dequantization=dequantization))
     dataset = iter(strategy.distribute_datasets_from_function(
         lambda ctx: data.train_dataset(source, 16, 3, 0, ctx)))
@@ -84,13 +91,12 @@ def replicas(out, dequantization='uniform'):
   results['max_weight_change'] = max(
       float(np.max(np.abs(a))) for a in weights_a)
   try:
-    _train(distribute.get_strategy('mirrored'), os.path.dirname(out) + '/odd', 1,
+    _train(distribute.get_strategy('mirrored'), os.path.join(folder, 'odd'), 1,
            batch_size=15)
     results['odd_batch_error'] = None
   except ValueError as error:
     results['odd_batch_error'] = str(error)
-  with open(out, 'w') as f:
-    json.dump(results, f)
+  return results
 
 
 def worker(out, model_dir):

@@ -159,9 +159,8 @@ def test_eval_py_writes_results_figures_and_export(run, request, tmp_path):
   assert os.path.exists(export_dir / 'saved_model.pb')
 
 
-@BOTH_DEQUANTIZERS
-def test_evaluation_on_two_replicas_equals_one_device(run, request, tmp_path):
-  model_dir, _, _ = request.getfixturevalue(run)
+def test_evaluation_on_two_replicas_equals_one_device(trained_variational, tmp_path):
+  model_dir, _, _ = trained_variational
   out = tmp_path / 'out.json'
   subprocess.run([sys.executable, 'tests/distributed_helper.py', 'eval', str(out), model_dir],
                  cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'), check=True,
