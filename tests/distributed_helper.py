@@ -1,8 +1,10 @@
 """Run as a subprocess by test_train.py: distributed training checks that need
 a fresh TensorFlow (logical devices, TF_CONFIG).
 
-  python distributed_helper.py replicas OUT.json   2 replicas vs one device, for
-                                                   each dequantizer
+  python distributed_helper.py replicas OUT.json DEQUANTIZATION
+                                                   2 replicas vs one device (one
+                                                   configuration per process: the
+                                                   collectives of two would clash)
   python distributed_helper.py worker OUT.npz DIR  one worker of TF_CONFIG's cluster
   python distributed_helper.py eval OUT.json DIR   eval.py's restore and evaluation,
                                                    2 replicas vs one device
@@ -59,15 +61,9 @@ def evaluate(out, model_dir):
     json.dump(results, f)
 
 
-def replicas(out):
+def replicas(out, dequantization):
   _two_cpus()
-  results = {dequantization: _replicas(dequantization, os.path.dirname(out))
-             for dequantization in ('uniform', 'variational')}
-  with open(out, 'w') as f:
-    json.dump(results, f)
-
-
-def _replicas(dequantization, folder):
+  folder = os.path.dirname(out)
   results = {}
   runs = {}
   for name in ('mirrored', 'one_device'):
@@ -96,7 +92,8 @@ def _replicas(dequantization, folder):
     results['odd_batch_error'] = None
   except ValueError as error:
     results['odd_batch_error'] = str(error)
-  return results
+  with open(out, 'w') as f:
+    json.dump(results, f)
 
 
 def worker(out, model_dir):

@@ -138,18 +138,19 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal(resumed[name], full[name], err_msg=name)
 
 
-def test_two_replicas_match_one_device(tmp_path):
+@pytest.mark.parametrize('dequantization', ['uniform', 'variational'])
+def test_two_replicas_match_one_device(tmp_path, dequantization):
   out = tmp_path / 'out.json'
-  subprocess.run([sys.executable, 'tests/distributed_helper.py', 'replicas', str(out)],
-                 cwd=ROOT, env=_env(), check=True, timeout=600)
-  for dequantization, results in json.loads(out.read_text()).items():
-    assert results['replicas'] == [2, 1], dequantization
-    np.testing.assert_allclose(*results['losses'], rtol=1e-5, err_msg=dequantization)
-    # Adam's first steps move each weight by about the learning rate (1e-3);
-    # the replicas must agree to a small fraction of that.
-    assert results['max_weight_difference'] < 3e-4, dequantization
-    assert results['replica_copy_difference'] == 0., dequantization
-    assert 'not divisible by the 2 replicas' in results['odd_batch_error']
+  subprocess.run([sys.executable, 'tests/distributed_helper.py', 'replicas', str(out),
+                  dequantization], cwd=ROOT, env=_env(), check=True, timeout=600)
+  results = json.loads(out.read_text())
+  assert results['replicas'] == [2, 1]
+  np.testing.assert_allclose(*results['losses'], rtol=1e-5)
+  # Adam's first steps move each weight by about the learning rate (1e-3);
+  # the replicas must agree to a small fraction of that.
+  assert results['max_weight_difference'] < 3e-4
+  assert results['replica_copy_difference'] == 0.
+  assert 'not divisible by the 2 replicas' in results['odd_batch_error']
 
 
 def _free_port():
