@@ -44,6 +44,7 @@ flags.DEFINE_string('ood_dataset', None,
                     'detection with bits/dim and typicality as the score.')
 FLAGS = flags.FLAGS
 
+
 def _data_source(model_dir):
   """The training run's data set (data.json), unless flags name another."""
   settings = {name: FLAGS[name].value for name in cli_flags.DATA_FLAGS}
@@ -114,10 +115,8 @@ def _evaluate(model_dir, checkpoint, strategy):
                  replicas=strategy.num_replicas_in_sync,
                  dataset=source.name, split=source.eval_split_name,
                  dequantization=model.config.dequantization)
-  results_path = os.path.join(model_dir, 'eval_results.json')
-  with open(results_path + '.tmp', 'w') as f:
-    json.dump(results, f, indent=2)
-  os.replace(results_path + '.tmp', results_path)
+  checkpoints.write_atomically(os.path.join(model_dir, 'eval_results.json'),
+                               json.dumps(results, indent=2))
   writers.scalars('eval', step, {
       'bits_per_dim': results['bits_per_dim'],
       'bits_per_dim_iw': results['bits_per_dim_iw']})

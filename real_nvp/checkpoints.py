@@ -36,7 +36,8 @@ __all__ = ['ModelDirError', 'CheckpointMismatch', 'StorageError', 'ModelDirLock'
            'restore_model', 'clean_temporary_files', 'write_run_settings',
            'read_data_settings', 'export_atomically', 'STORAGE_ERRORS',
            'BestCheckpoint', 'best_checkpoint', 'resolve_checkpoint',
-           'watch_checkpoints']
+           'watch_checkpoints', 'quarantine', 'error_summary', 'is_disk_full',
+           'write_atomically']
 
 CONFIG_FILE = 'config.json'
 DATA_FILE = 'data.json'
@@ -88,7 +89,7 @@ def read_config(model_dir):
 
 
 def write_config(model_dir, flow_config):
-  _write_atomically(_config_path(model_dir), flow_config.to_json())
+  write_atomically(_config_path(model_dir), flow_config.to_json())
 
 
 def _differences(stored, requested):
@@ -165,20 +166,21 @@ def read_checkpoint(checkpoint, path):
 
 
 def _shape_differences(checkpoint, path):
-  """'name: checkpoint shape vs model shape' for the first few mismatches."""
+  """'name: checkpoint shape vs model shape' for the first few mismatches,
+  and how many of the model's weights the checkpoint lacks."""
   try:
-    stored = dict(tf.train.list_variables(path))
+    listed = tf.train.list_variables(path)
   except _READ_ERRORS:
     return ''
+  # Keys of the weights dict are stored as model_weights/<path, '/' -> '.S'>/...
+  prefix, suffix = 'model_weights/', '/.ATTRIBUTES/VARIABLE_VALUE'
+  stored = {key[len(prefix):-len(suffix)].replace('.S', '/'): shape
+            for key, shape in listed if key.startswith(prefix) and key.endswith(suffix)}
   model = getattr(checkpoint, 'model_weights', {})
-  lines = []
-  for name, variable in model.items():
-    key = f'model_weights/{name.replace("/", ".S")}/.ATTRIBUTES/VARIABLE_VALUE'
-    for candidate in (key, key.replace('.S', '/')):
-      if candidate in stored and list(stored[candidate]) != variable.shape.as_list():
-        lines.append(f'{name}: checkpoint {stored[candidate]} vs model '
-                     f'{variable.shape.as_list()}')
-  missing = [name for name in model if not any(name in key for key in stored)]
+  lines = [f'{name}: checkpoint {stored[name]} vs model {variable.shape.as_list()}'
+           for name, variable in model.items()
+           if name in stored and list(stored[name]) != variable.shape.as_list()]
+  missing = [name for name in model if name not in stored]
   if missing:
     lines.append(f'{len(missing)} of the model\'s variables are not in it, e.g. {missing[0]}')
   return '; '.join(lines[:3])
@@ -248,10 +250,10 @@ def watch_checkpoints(model_dir, timeout, evaluate):
 
 def clean_temporary_files(model_dir):
   """Removes what an interrupted save or export left behind."""
-  leftovers = (glob.glob(os.path.join(glob.escape(model_dir), 'ckpt-*_temp')) +
-               glob.glob(os.path.join(glob.escape(model_dir), BEST_DIR, 'ckpt-*_temp')) +
-               glob.glob(os.path.join(glob.escape(model_dir), '*.export-tmp-*')) +
-               glob.glob(os.path.join(glob.escape(model_dir), '*.export-old-*')))
+  patterns = ('ckpt-*_temp', os.path.join(BEST_DIR, 'ckpt-*_temp'),
+              '*.export-tmp-*', '*.export-old-*')
+  leftovers = [path for pattern in patterns
+               for path in glob.glob(os.path.join(glob.escape(model_dir), pattern))]
   for path in leftovers:
     logging.info('Removing %s, left by an interrupted save.', path)
     shutil.rmtree(path, ignore_errors=True)
@@ -351,7 +353,7 @@ class BestCheckpoint:
       if not self.is_writer:
         shutil.rmtree(self._write_dir, ignore_errors=True)
     if self.is_writer:
-      _write_atomically(os.path.join(self.directory, BEST_FILE), json.dumps({
+      write_atomically(os.path.join(self.directory, BEST_FILE), json.dumps({
           'checkpoint': self._name, 'step': self.best[0],
           'bits_per_dim': self.best[1], 'history': self.history}, indent=1))
     return improved
@@ -360,7 +362,8 @@ class BestCheckpoint:
 # --- run settings -----------------------------------------------------------------
 
 
-def _write_atomically(path, text):
+def write_atomically(path, text):
+  """Writes `text` to `path` through a temporary file and a rename."""
   temporary = f'{path}.tmp-{os.getpid()}'
   with open(temporary, 'w') as f:
     f.write(text)
@@ -369,8 +372,8 @@ def _write_atomically(path, text):
 
 def write_run_settings(model_dir, flags_text, data_settings):
   """flags.txt (every resolved flag) and data.json (what eval.py reads back)."""
-  _write_atomically(os.path.join(model_dir, 'flags.txt'), flags_text)
-  _write_atomically(os.path.join(model_dir, DATA_FILE),
+  write_atomically(os.path.join(model_dir, 'flags.txt'), flags_text)
+  write_atomically(os.path.join(model_dir, DATA_FILE),
                     json.dumps(data_settings, indent=2))
 
 
@@ -447,9 +450,7 @@ class ModelDirLock:
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
-        holder = self._holder()
-        if holder is None:  # Being written, or garbage: look once more.
-          holder = self._holder() or {}
+        holder = self._holder() or {}  # {}: being written, or garbage
         if (holder.get('host') == me['host'] and isinstance(holder.get('pid'), int)
             and not self._alive(holder['pid'])):
           logging.warning('Taking over the stale lock %s of process %d (no longer '

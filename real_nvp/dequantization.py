@@ -139,13 +139,13 @@ class VariationalDequantizer(keras.layers.Layer):
     self.num_blocks = num_blocks
     self.bn_momentum = bn_momentum
     self.st_dtype = st_dtype
-    height, width = self.image_shape[:2]
     self.context_net = STNetwork(
         feature_maps, num_blocks, feature_maps, bn_momentum,
         zero_init_output=False, name='dequant_context_net', dtype=st_dtype or self.dtype_policy)
     self.checkerboard = self._couplings('checkerboard')
-    self.squeezed = height % 2 == 0 and width % 2 == 0
-    self.channel = self._couplings('channel') if self.squeezed else []
+    height, width = self.image_shape[:2]
+    self.channel = (self._couplings('channel') if height % 2 == 0 and width % 2 == 0
+                    else [])
     self.built = True  # The sublayers build on first use.
 
   def _couplings(self, mask_type):

@@ -105,7 +105,7 @@ def ood_histogram(in_bits_per_dim, ood_bits_per_dim, in_name, ood_name, path):
   figure.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   figure.savefig(path, dpi=100)
+  figure.canvas.draw()
+  picture = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
   plt.close(figure)
-  from PIL import Image
-  with Image.open(path) as image:
-    return np.asarray(image.convert('RGB'))
+  return picture

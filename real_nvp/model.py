@@ -154,6 +154,10 @@ class RealNVP(keras.Model):
     return _unless_empty(pixels, lambda: self.distribution().log_prob(pixels),
                          lambda: tf.zeros([0], pixels.dtype))
 
+  def _log_prob_of_examples(self, pixels, training):
+    """log_prob of a batch known not to be empty (no emptiness guard)."""
+    return self.distribution(training).log_prob(self._check_pixels(pixels))
+
   def _check_pixels(self, pixels):
     """Float pixels [B, H, W, C] in [0, L), or a clear error."""
     pixels = tf.convert_to_tensor(pixels, self.compute_dtype)
@@ -180,11 +184,11 @@ class RealNVP(keras.Model):
       return tf.identity(images)
 
   def _dequantization_inputs(self, images, seed, num_samples, training):
-    """Checked images, base noise [K, B, H, W, C] and the dequantizer's context."""
-    images = self._check_uint8_images(images)
+    """Base noise [K, B, H, W, C] and the dequantizer's context of checked
+    images (see `_check_uint8_images`)."""
     noise = base_noise(self.dequantizer.noise_distribution, images, seed,
                        num_samples, self.compute_dtype)
-    return images, noise, self.dequantizer.context(images, training)
+    return noise, self.dequantizer.context(images, training)
 
   def dequantize(self, images, seed=(0, 0), training=False):
     """One draw u ~ q(u|x) [B, H, W, C] in [x, x + 1) and log q(u|x) [B], nats.
@@ -193,7 +197,8 @@ class RealNVP(keras.Model):
     draw for the batch, see `dequantization.base_noise`) or [B, 2] (one per
     image).
     """
-    images, noise, context = self._dequantization_inputs(images, seed, 1, training)
+    images = self._check_uint8_images(images)
+    noise, context = self._dequantization_inputs(images, seed, 1, training)
     return self.dequantizer.transform(images, noise[0], context, training)
 
   def log_weights(self, images, seed=(0, 0), num_samples=1, training=False):
@@ -205,20 +210,20 @@ class RealNVP(keras.Model):
     are scored one after the other, so memory does not grow with K. An empty
     batch gives [K, 0].
     """
+    images = self._check_uint8_images(images)
     if training:  # Training batches are never empty (and all-reduce in BN).
       return self._log_weights(images, seed, num_samples, training)
-    images = self._check_uint8_images(images)
     return _unless_empty(
         images, lambda: self._log_weights(images, seed, num_samples, training),
         lambda: tf.zeros(tf.stack([num_samples, 0]), self.compute_dtype))
 
   def _log_weights(self, images, seed, num_samples, training):
-    images, noise, context = self._dequantization_inputs(
-        images, seed, num_samples, training)
+    """`log_weights` of checked, non-empty images."""
+    noise, context = self._dequantization_inputs(images, seed, num_samples, training)
 
     def log_weight(images, noise, context):
       u, log_q = self.dequantizer.transform(images, noise, context, training)
-      return self.log_prob(u, training) - log_q
+      return self._log_prob_of_examples(u, training) - log_q
 
     if isinstance(num_samples, int) and num_samples == 1:
       return log_weight(images, noise[0], context)[None]

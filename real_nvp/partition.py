@@ -24,16 +24,20 @@ __all__ = ['CheckerboardPartition', 'ChannelPartition', 'PARTITIONS',
            'make_partition']
 
 
-class CheckerboardPartition:
-  """Spatial checkerboard; see the module docstring."""
-
-  name = 'checkerboard'
+class _Partition:
+  """What both partitions share: the parity (which side is kept)."""
 
   def __init__(self, parity):
     if parity not in (0, 1):
       raise ValueError(f'`parity` must be 0 or 1. Received: parity={parity}')
     self.parity = parity
-    self._mask = None
+
+
+class CheckerboardPartition(_Partition):
+  """Spatial checkerboard; see the module docstring."""
+
+  name = 'checkerboard'
+  _mask = None  # [H, W, 1], set by build
 
   def build(self, input_shape, dtype):
     height, width = input_shape[1:3]
@@ -64,15 +68,10 @@ class CheckerboardPartition:
     return transformed
 
 
-class ChannelPartition:
+class ChannelPartition(_Partition):
   """Halves of the channels; see the module docstring."""
 
   name = 'channel'
-
-  def __init__(self, parity):
-    if parity not in (0, 1):
-      raise ValueError(f'`parity` must be 0 or 1. Received: parity={parity}')
-    self.parity = parity
 
   def build(self, input_shape, dtype):
     del dtype

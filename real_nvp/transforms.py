@@ -5,8 +5,10 @@ x_b -> y_b element-wise; the coupling (coupling.py) decides which dimensions
 are x_b (partition.py). x, y, raw parameters: [B, H, W, c]; log-dets: [B].
 
 To add a transform: subclass `ElementwiseTransform`, set `num_params` (raw
-network channels per transformed channel), implement `forward` and
-`inverse`, and register it in `TRANSFORMS`.
+network channels per transformed channel), define `build(channels)`,
+`forward(x, raw) -> (y, log|det dy/dx|)` and
+`inverse(y, raw) -> (x, log|det dx/dy|)` (raw: [B, H, W, num_params * c]),
+and register it in `TRANSFORMS`.
 """
 
 import keras
@@ -16,17 +18,10 @@ __all__ = ['ElementwiseTransform', 'AffineTransform', 'TRANSFORMS']
 
 
 class ElementwiseTransform(keras.layers.Layer):
-  """Base class. `build(channels)` creates the transform's own weights."""
+  """Base class of the transforms; the contract is in the module docstring.
+  `build(channels)` creates the transform's own weights."""
 
   num_params = None
-
-  def forward(self, x, raw):
-    """(y, log|det dy/dx|): x [B, H, W, c], raw [B, H, W, num_params * c]."""
-    raise NotImplementedError
-
-  def inverse(self, y, raw):
-    """(x, log|det dx/dy|) with the same raw parameters."""
-    raise NotImplementedError
 
 
 class AffineTransform(ElementwiseTransform):
