@@ -16,8 +16,8 @@ import sys
 
 from absl import app, flags, logging
 
-from real_nvp import (checkpoints, cli_flags, data, distribute, export, figures, ood,
-                      summaries)
+from real_nvp import (checkpoints, cli_flags, data, distribute, export, figures,
+                      hardware, ood, summaries)
 from real_nvp.evaluation import Evaluator, write_scores
 
 cli_flags.define_flags()
@@ -139,6 +139,7 @@ def main(argv):
   model_dir = cli_flags.model_dir()
   try:
     strategy = distribute.get_strategy(FLAGS.strategy)
+    hardware.log_platform()  # After the strategy: multi-worker must come first.
     if not FLAGS.watch:
       _evaluate(model_dir, FLAGS.checkpoint, strategy)
       return

@@ -11,10 +11,11 @@ import contextlib
 import os
 import sys
 
-import tensorflow as tf
 from absl import app, flags, logging
 
-from real_nvp import checkpoints, cli_flags, data, distribute, export
+# real_nvp before TensorFlow: it chooses TF's CPU kernels (hardware.py).
+from real_nvp import checkpoints, cli_flags, data, distribute, export, hardware
+import tensorflow as tf  # noqa: E402  pylint: disable=g-bad-import-order
 from real_nvp.train_lib import Trainer, TrainingDiverged
 
 cli_flags.define_flags()
@@ -27,6 +28,7 @@ def main(argv):
   model_dir = cli_flags.model_dir()
   try:
     strategy = distribute.get_strategy(FLAGS.strategy)
+    hardware.log_platform()  # After the strategy: multi-worker must come first.
     source = data.load_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.image_size,
                                FLAGS.image_channels)
     flow_config, train_config = cli_flags.flow_config(source), cli_flags.train_config()

@@ -207,9 +207,17 @@ class TrainConfig:
   jit_compile: bool = _setting(False, 'jit_compile the per-replica forward/backward '
                                'pass.', flag='xla')
   mixed_precision: str = _setting(
-      None, 'Compute dtype of the s/t networks (GPUs/TPUs): bfloat16 or float16; '
-      'the flow, log-dets and likelihood stay float32.',
+      None, 'Compute dtype of the s/t networks: bfloat16 (GPUs of compute capability '
+      '8.0, TPUs, CPUs with avx512_bf16 or amx_bf16) or float16 (GPUs of 7.0); the '
+      'flow, log-dets and likelihood stay float32.',
       choices=(None, 'bfloat16', 'float16'))
+  allow_emulated_precision: bool = _setting(
+      False, 'Run --mixed_precision even where the device only emulates the dtype '
+      '(a CPU without avx512_bf16/amx_bf16, float16 on a CPU, an older GPU).')
+  steps_per_loop: int = _setting(
+      0, 'Training steps per device-loop call (one tf.function, read back once); '
+      'any value gives the same results. 0: as many as take about a second '
+      '(measured), at most 100.', _at_least(0))
   train_dequant_samples: int = _setting(
       1, 'Dequantization draws K per image in training; K > 1 trains on the '
       'K-draw importance-weighted bound.', _at_least(1))

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from real_nvp import hardware
 from real_nvp.batch_norm import FlowBatchNorm
 from real_nvp.coupling import Coupling
 
@@ -135,6 +136,7 @@ def _define_flags():
 def main(argv):
   del argv
   flags_ = flags.FLAGS
+  hardware.log_platform()
   points, colour = two_moons(flags_.points, flags_.seed)
   flow = train_toy(points, flags_.steps, seed=flags_.seed)
   nll = -float(tf.reduce_mean(flow.log_prob(tf.constant(points))))

@@ -6,6 +6,7 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import real_nvp  # noqa: E402,F401  before TensorFlow: it chooses the CPU kernels
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -17,6 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import real_nvp  # noqa: E402,F401  before TensorFlow: it chooses the CPU kernels
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

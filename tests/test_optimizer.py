@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from real_nvp.optimizer import Adam
-from real_nvp.train_lib import WarmupSchedule
+from real_nvp.train_step import WarmupSchedule
 
 
 @pytest.mark.parametrize('learning_rate', [1e-2, WarmupSchedule(1e-2, 3)])

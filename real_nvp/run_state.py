@@ -1,0 +1,104 @@
+"""The run's state on disk: restore the newest readable checkpoint, save one,
+and keep the best (the model directory's rules are in checkpoints.py).
+
+Everything a run needs to continue exactly is in the checkpoint: weights,
+Adam's moments, the step, the non-finite counters, the loss scale and the
+batch-norm averages (the data position is a function of the step).
+"""
+
+import os
+import shutil
+
+import tensorflow as tf
+from absl import logging
+
+from real_nvp import checkpoints
+
+__all__ = ['RunState']
+
+
+class RunState:
+  """The checkpoints of one training run in `model_dir`.
+
+  Args:
+    checkpointables: dict of the objects to checkpoint (TrainStep.checkpointables()).
+    step: the run's step variable.
+    model_dir: the model directory.
+    flow_config: the architecture (config.json is checked against it).
+    keep_checkpoints: how many rolling checkpoints to keep.
+    worker_id: None on the chief; other workers write their (collective)
+      checkpoint copies to scratch directories that they delete.
+  """
+
+  def __init__(self, checkpointables, step, model_dir, flow_config, keep_checkpoints,
+               worker_id=None):
+    self.step, self.model_dir, self.flow_config = step, model_dir, flow_config
+    self.is_chief = worker_id is None
+    self.keep_checkpoints = keep_checkpoints
+    checkpoints.check_config(model_dir, flow_config)
+    self.checkpoint = tf.train.Checkpoint(**checkpointables)
+    self._checkpoint_dir = model_dir if self.is_chief else os.path.join(
+        model_dir, f'.worker_{worker_id}_tmp')
+    self.manager = None  # Created by restore(), once the directory is sound.
+    self.best = checkpoints.BestCheckpoint(
+        self.checkpoint, model_dir, None if self.is_chief else os.path.join(
+            model_dir, f'.worker_{worker_id}_best_tmp'))
+    self.updated_since_save = False
+
+  def restore(self):
+    """Restores the newest readable checkpoint, if any; returns the step.
+
+    Leftovers of interrupted saves are removed first. A newer checkpoint that
+    cannot be read is reported and moved to corrupt_checkpoints/, and the one
+    before it is used; a checkpoint of another architecture is refused.
+    """
+    if self.is_chief:
+      checkpoints.clean_temporary_files(self.model_dir)
+    for path in checkpoints.checkpoint_paths(self.model_dir):
+      try:
+        checkpoints.read_checkpoint(self.checkpoint, path)
+      except checkpoints.CheckpointMismatch:
+        raise
+      except checkpoints.ModelDirError as error:
+        if not self.is_chief:
+          raise
+        checkpoints.quarantine(self.model_dir, path, str(error))
+        continue
+      logging.info('Restored %s at step %d', path, int(self.step.numpy()))
+      break
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, self._checkpoint_dir, max_to_keep=self.keep_checkpoints,
+        checkpoint_name='ckpt')
+    if self.is_chief:
+      if not checkpoints.has_checkpoint(self.model_dir):
+        os.makedirs(self.model_dir, exist_ok=True)
+      checkpoints.write_config(self.model_dir, self.flow_config)
+    self.best.resume(int(self.step.numpy()))
+    return int(self.step.numpy())
+
+  def last_good_checkpoint(self):
+    """The newest checkpoint on disk (every saved checkpoint is finite)."""
+    paths = checkpoints.checkpoint_paths(self.model_dir)
+    return paths[0] if paths else None
+
+  def save(self):
+    """Writes a checkpoint, unless no update was applied since the last one
+    (every step skipped): the step counter alone does not replace a good one.
+    A full disk stops the run with the directory and the last good checkpoint."""
+    if not self.updated_since_save and self.last_good_checkpoint():
+      logging.warning('Step %d: no update since the last checkpoint; not saving.',
+                      int(self.step.numpy()))
+      return None
+    try:
+      path = self.manager.save(checkpoint_number=int(self.step.numpy()))
+    except checkpoints.STORAGE_ERRORS as error:
+      what = 'The disk is full' if checkpoints.is_disk_full(error) else 'Writing failed'
+      raise checkpoints.StorageError(
+          f'{what}: could not write a checkpoint to {self._checkpoint_dir} '
+          f'({checkpoints.error_summary(error)}). The last good checkpoint is '
+          f'{self.last_good_checkpoint()}; free space (or fix the directory) and '
+          'run the same command again to resume from it.') from None
+    if not self.is_chief:
+      shutil.rmtree(self._checkpoint_dir, ignore_errors=True)
+    self.updated_since_save = False
+    return path
