@@ -51,10 +51,50 @@ def test_training_on_digits_beats_the_uniform_baseline(tmp_path):
   # Uniform over 17 levels: log2(17) = 4.09 bits/dim.
   assert held_out < 2.6, held_out
   assert os.path.exists(tmp_path / 'samples' / 'step_300.png')
-  # No retracing in the loop: one graph per step function, whatever the
-  # step, the data position or the size of the last evaluation batch.
-  assert trainer.train_step.experimental_get_tracing_count() == 1
+  # No retracing: one graph for the device loop, whatever its length, the
+  # step or the data position, and one for evaluation, whatever the size of
+  # the last batch.
+  assert trainer.steps.loop.experimental_get_tracing_count() == 1
   assert trainer.evaluator.step.experimental_get_tracing_count() == 1
+
+
+def _train_scalars(model_dir):
+  """{(tag, step): value} of the train/ TensorBoard scalars, the rate excluded."""
+  values = {}
+  for name in os.listdir(os.path.join(model_dir, 'train')):
+    for event in tf.compat.v1.train.summary_iterator(
+        os.path.join(model_dir, 'train', name)):
+      for value in event.summary.value:
+        if value.tag != 'images_per_sec' and value.metadata.plugin_data.plugin_name \
+            == 'scalars':
+          values[value.tag, event.step] = float(tf.make_ndarray(value.tensor))
+  return values
+
+
+def test_any_steps_per_loop_gives_bit_identical_runs(tmp_path):
+  # 7 divides none of the boundaries: loops are cut at every summary (5),
+  # checkpoint and evaluation (10) and at the end (23).
+  runs = {}
+  for steps_per_loop in (1, 7, 0):
+    model_dir = tmp_path / str(steps_per_loop)
+    trainer = _trainer(model_dir, 23, num_scales=1, num_blocks=1, feature_maps=8)
+    trainer.cfg.steps_per_loop = steps_per_loop
+    trainer.cfg.summary_every, trainer.cfg.checkpoint_every = 5, 10
+    trainer.cfg.eval_every, trainer.cfg.eval_examples = 10, 32
+    held_out = trainer.train()
+    runs[steps_per_loop] = (held_out, _checkpoint_values(f'{model_dir}/ckpt-23'),
+                            _train_scalars(model_dir), trainer.best.history,
+                            sorted(os.listdir(model_dir)))
+    assert trainer.steps.loop.experimental_get_tracing_count() == 1
+  reference = runs[1]
+  assert len(reference[2]) == 4 * 5  # 4 tags at steps 5, 10, 15, 20 and 23
+  for steps_per_loop, run in runs.items():
+    assert run[0] == reference[0], steps_per_loop
+    assert run[1].keys() == reference[1].keys()
+    for name in reference[1]:
+      np.testing.assert_array_equal(run[1][name], reference[1][name], err_msg=name)
+    assert run[2] == reference[2], steps_per_loop
+    assert run[3] == reference[3] and run[4] == reference[4]
 
 
 def test_variational_dequantization_trains_on_digits(tmp_path):
@@ -112,7 +152,9 @@ def _checkpoint_values(path):
 def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
   # The variational dequantizer: its weights, Adam moments and BN averages
   # resume too (the uniform path is the same machinery without them).
+  # Loops of 4 steps: the signal is answered at a loop boundary (step 12).
   steps = ['--train_steps=30', '--checkpoint_every=1000', '--eval_every=0',
+           '--steps_per_loop=4',
            '--dequantization=variational', '--dequant_feature_maps=4',
            '--dequant_couplings=1']
   _run_train(*TINY_FLAGS, *steps, f'--model_dir={tmp_path}/full')
