@@ -6,18 +6,26 @@
         --feature_maps=32 --num_blocks=4 --mode=train,eval
     python bench/throughput.py --mode=data
 
-Prints a table, then one JSON line. Images/s are medians over the timed steps
-after --warmup; FLOPs are an analytic count of the s/t networks' convolutions
-(2 * k * k * c_in * c_out per output pixel, as each layer reports it through
-`flops_per_example`, the dequantizer's included; a training step counted as
-3x the forward pass), which dominate the flow's arithmetic. Utilisation is achieved
-training GFLOP/s over the matmul peak measured in the same run (float32,
-or the s/t networks' dtype with --mixed_precision, whose peak is reported
-beside the float32 one); conv_utilization is the same over a 3x3 convolution
-(forward and both gradients) at the first scale's shape, the kernel the
-step is made of.
-Random images of the preset's shape stand in for data (--mode=data measures
-the input pipeline on its own).
+Prints a table, then one JSON line that names the CPU (model, vector
+features, cores), the TF kernels in use and any GPU, so runs on different
+hosts are not compared by accident. Images/s are medians over the timed device
+loops (--steps of --steps_per_loop steps each) after --warmup; FLOPs are an
+analytic count of the s/t networks' convolutions (2 * k * k * c_in * c_out per
+output pixel, as each layer reports it through `flops_per_example`, the
+dequantizer's included; a training step counted as 3x the forward pass),
+which dominate the flow's arithmetic.
+
+Utilisation is achieved training GFLOP/s over the machine's float32 peak:
+the best of a TF matmul with this process's kernels, a TF matmul with oneDNN
+on (in a subprocess, where this process runs Eigen) and NumPy's BLAS sgemm,
+so that it does not move with the kernels in use; the theoretical FMA peak
+(cores x SIMD lanes x 2 FMA units x 2 x GHz) is reported beside it where the
+clock is known. With --mixed_precision it is over a matmul in that dtype;
+on a GPU, over the GPU's own matmul. conv_utilization is the same over a 3x3
+convolution (forward and both gradients) at the first scale's shape, the
+kernel the step is made of. Random images of the preset's shape stand in for
+data; --mode=data times the input pipelines of --data_presets on their own
+(decoding, shuffle, flips and the paper's crops), per CPU core.
 """
 
 import json
@@ -25,7 +33,6 @@ import os
 import resource
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,10 +42,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+import subprocess  # noqa: E402
+
 from real_nvp import config as config_lib  # noqa: E402
-from real_nvp import data, distribute  # noqa: E402
+from real_nvp import data, distribute, hardware  # noqa: E402
 from real_nvp.config import TrainConfig  # noqa: E402
-from real_nvp.train_lib import Trainer  # noqa: E402
+from real_nvp.train_step import TrainStep  # noqa: E402
 
 flags.DEFINE_enum('preset', 'digits', sorted(config_lib.PRESETS), 'Architecture preset.')
 flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
@@ -59,6 +68,15 @@ flags.DEFINE_enum('dequantization', None, ['uniform', 'variational'],
 flags.DEFINE_integer('train_dequant_samples', 1,
                      'Dequantization draws per image in training (IW objective if > 1).')
 flags.DEFINE_integer('matmul_size', 4096, 'Side of the matmul measuring the peak.')
+flags.DEFINE_list('steps_per_loop', ['1'], 'Training steps per device-loop call, '
+                  'one or more (each timed; the first is the headline figure); '
+                  '--steps and --warmup count loops.')
+flags.DEFINE_bool('allow_emulated_precision', False,
+                  'Time --mixed_precision even where the device only emulates it.')
+flags.DEFINE_list('data_presets', ['cifar10', 'imagenet64', 'lsun_bedroom', 'celeba'],
+                  '--mode=data: the TFDS data sets whose pipelines are timed.')
+flags.DEFINE_bool('peak_only', False, 'Print the TF matmul peak as JSON and exit '
+                  '(the bench runs itself so to measure oneDNN where it is off).')
 FLAGS = flags.FLAGS
 
 
@@ -85,11 +103,33 @@ def timed(fn, steps, warmup):
 
 
 def matmul_peak_gflops(size, dtype=tf.float32):
+  """GFLOP/s of a size x size matmul with this process's TF kernels."""
   a = tf.cast(tf.random.normal((size, size)), dtype)
   b = tf.cast(tf.random.normal((size, size)), dtype)
   matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
   times = timed(lambda: matmul().numpy(), 5, 2)
   return 2 * size ** 3 / min(times) / 1e9
+
+
+def float32_peaks(size):
+  """The machine's float32 peak, from measurements that do not depend on which
+  kernels this process's TF uses: TF matmul with this process's kernels and
+  with oneDNN on (in a subprocess where they differ), NumPy's BLAS sgemm, all
+  of size^3; and the theoretical FMA peak where the CPU's clock is known.
+  -> dict; 'float32_peak_gflops' is the best measurement."""
+  peaks = {f'tf_matmul_{hardware.kernels_in_use()}_gflops': matmul_peak_gflops(size)}
+  if hardware.kernels_in_use() != 'oneDNN' and hardware.cpu_info().is_x86:
+    output = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), '--peak_only',
+         f'--matmul_size={size}'], capture_output=True, text=True, check=True,
+        env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS='1', TF_CPP_MIN_LOG_LEVEL='2'))
+    peaks['tf_matmul_oneDNN_gflops'] = json.loads(output.stdout.splitlines()[-1])
+  a = np.random.default_rng(0).standard_normal((size, size), np.float32)
+  times = timed(lambda: a @ a, 5, 1)
+  peaks['numpy_sgemm_gflops'] = 2 * size ** 3 / min(times) / 1e9
+  peaks['float32_peak_gflops'] = max(peaks.values())
+  peaks['theoretical_fma_peak_gflops'] = hardware.cpu_info().fma_peak_gflops()
+  return peaks
 
 
 def conv_peak_gflops(batch, height, width, channels, dtype=tf.float32):
@@ -115,57 +155,99 @@ def synthetic_source(config, count):
                                 config.levels, 'random')
 
 
+def _stored_images(name, count, rng):
+  """`count` encoded images as TFDS stores them for `name` (PNG of the final
+  size; LSUN's JPEGs at 256 x 341, CelebA's 218 x 178)."""
+  size = {'lsun': (256, 341), 'celeba': (218, 178)}.get(
+      name.split('_')[0], data.TFDS_DATASETS[name][3][:2])
+  channels = data.TFDS_DATASETS[name][3][2]
+  encode = tf.io.encode_jpeg if name.startswith(('lsun', 'celeba')) else tf.io.encode_png
+  return [encode(rng.integers(0, 256, (*size, channels), dtype=np.uint8)).numpy()
+          for _ in range(count)]
+
+
 def data_throughput():
-  """Images/s the training pipeline delivers: the digits and an npz set."""
+  """Images/s of the training pipeline (decoding, shuffle, the data set's own
+  flip and crops, batching) for each of --data_presets, on every core; the
+  encoded images stand in for TFDS's records, read from memory."""
+  rng = np.random.default_rng(0)
   results = {}
-  with tempfile.TemporaryDirectory() as folder:
-    path = os.path.join(folder, 'random.npz')
-    np.savez(path, images=np.random.default_rng(0).integers(
-        0, 256, (5000, 32, 32, 3), dtype=np.uint8))
-    for name in ('digits', f'npz:{path}'):
-      source = data.load_dataset(name)
-      source.flip = True
-      iterator = iter(data.train_dataset(source, FLAGS.batch_size, seed=0))
-      times = timed(lambda: next(iterator).numpy(), 200, 20)
-      results[name.split(':')[0]] = FLAGS.batch_size / statistics.median(times)
+  for name in FLAGS.data_presets:
+    _, _, _, shape, flip, transform, _ = data.TFDS_DATASETS[name]
+    encoded = _stored_images(name, 256, rng)
+
+    def dataset_fn(encoded=encoded, channels=shape[2]):
+      return tf.data.Dataset.from_tensor_slices(encoded).repeat().map(
+          lambda record: tf.io.decode_image(record, channels, expand_animations=False),
+          num_parallel_calls=tf.data.AUTOTUNE)
+
+    split = data.Split(10 ** 6, dataset_fn=dataset_fn, transform=transform)
+    source = data.DataSource(name, shape, 256, split, split, 'test', flip)
+    iterator = iter(data.train_dataset(source, FLAGS.batch_size, seed=0))
+    times = timed(lambda: next(iterator).numpy(), 100, 20)
+    rate = FLAGS.batch_size / statistics.median(times)
+    results[name] = {'images_per_sec': rate,
+                     'images_per_sec_per_core': rate / hardware.cpu_info().cores,
+                     'cores_for_5000_per_sec': 5000 * hardware.cpu_info().cores / rate}
   return results
 
 
 def main(argv):
   del argv
+  if FLAGS.peak_only:
+    print(json.dumps(matmul_peak_gflops(FLAGS.matmul_size)))
+    return
   modes = {'train', 'eval', 'sample', 'data'} if 'all' in FLAGS.mode else set(FLAGS.mode)
   config = flow_config()
   strategy = distribute.get_strategy(FLAGS.strategy)
+  hardware.log_platform()
+  try:
+    hardware.check_precision(FLAGS.mixed_precision, strategy,
+                             FLAGS.allow_emulated_precision)
+  except hardware.EmulatedPrecisionError as error:
+    sys.exit(f'Error: {error}')
   source = synthetic_source(config, max(4 * FLAGS.batch_size, 256))
   train_config = TrainConfig(batch_size=FLAGS.batch_size, eval_every=0,
                              jit_compile=FLAGS.xla, log_every_secs=1e9,
                              mixed_precision=FLAGS.mixed_precision,
-                             train_dequant_samples=FLAGS.train_dequant_samples)
+                             train_dequant_samples=FLAGS.train_dequant_samples,
+                             steps_per_loop=int(FLAGS.steps_per_loop[0]))
   results = {'preset': FLAGS.preset, 'batch_size': FLAGS.batch_size,
              'dequantization': config.dequantization,
              'train_dequant_samples': FLAGS.train_dequant_samples,
              'image_shape': list(config.image_shape), 'xla': FLAGS.xla,
              'mixed_precision': FLAGS.mixed_precision or 'float32',
-             'replicas': strategy.num_replicas_in_sync}
-  with tempfile.TemporaryDirectory() as model_dir:
-    trainer = Trainer(strategy, source, config, train_config, model_dir)
-  model = trainer.model
+             'steps_per_loop': int(FLAGS.steps_per_loop[0]),
+             'replicas': strategy.num_replicas_in_sync,
+             **hardware.cpu_info().to_json(), 'cpu_kernels': hardware.kernels_in_use(),
+             'gpus': [d.name for d in tf.config.list_logical_devices('GPU')],
+             'tensorflow': tf.__version__}
+  steps = TrainStep(strategy, config, train_config)
+  model = steps.model
   results['params'] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
   flops = model.flops_per_example()
   results['flops_per_image'] = flops  # forward pass
   results['train_flops_per_image'] = 3 * flops
-  batch = next(iter(strategy.distribute_datasets_from_function(
-      lambda ctx: data.train_dataset(source, FLAGS.batch_size, 0, 0, ctx))))
   local_batch = tf.constant(source.train.images[:FLAGS.batch_size])
   table = []
 
   if 'train' in modes:
-    times = timed(lambda: trainer.train_step(batch)[0].numpy(), FLAGS.steps, FLAGS.warmup)
-    median = statistics.median(times)
-    results['step_seconds'] = {'min': min(times), 'median': median, 'max': max(times)}
-    results['train_images_per_sec'] = FLAGS.batch_size / median
-    results['achieved_gflops'] = 3 * flops * FLAGS.batch_size / median / 1e9
-    table.append(('train', results['train_images_per_sec'], median))
+    iterator = iter(strategy.distribute_datasets_from_function(
+        lambda ctx: data.train_dataset(source, FLAGS.batch_size, 0, 0, ctx)))
+    by_length = results['train_images_per_sec_by_steps_per_loop'] = {}
+    for length in map(int, FLAGS.steps_per_loop):  # One trace: N is a tensor.
+      n = tf.constant(length, tf.int64)
+      times = [t / length for t in timed(lambda: steps.loop(iterator, n)['step'].numpy(),
+                                         FLAGS.steps, FLAGS.warmup)]
+      by_length[length] = FLAGS.batch_size / statistics.median(times)
+      if 'step_seconds' not in results:
+        median = statistics.median(times)
+        results['step_seconds'] = {'min': min(times), 'median': median,
+                                   'max': max(times)}
+        results['train_images_per_sec'] = FLAGS.batch_size / median
+        results['achieved_gflops'] = 3 * flops * FLAGS.batch_size / median / 1e9
+      table.append((f'train/{length}', by_length[length],
+                    FLAGS.batch_size / by_length[length]))
   if 'eval' in modes:
     score = tf.function(lambda x: model.bits_per_dim(x), jit_compile=FLAGS.xla or None)
     times = timed(lambda: score(local_batch).numpy(), FLAGS.steps, FLAGS.warmup)
@@ -179,10 +261,13 @@ def main(argv):
     results['sample_images_per_sec'] = FLAGS.batch_size / statistics.median(times)
     table.append(('sample', results['sample_images_per_sec'], statistics.median(times)))
   if 'data' in modes:
-    results['data_images_per_sec'] = data_throughput()
+    results['data'] = data_throughput()
 
-  results['matmul_peak_gflops'] = matmul_peak_gflops(FLAGS.matmul_size)
-  peak = results['matmul_peak_gflops']
+  if results['gpus']:  # The device's own peak; the CPU's measurements do not apply.
+    results['float32_peak_gflops'] = matmul_peak_gflops(FLAGS.matmul_size)
+  else:
+    results.update(float32_peaks(FLAGS.matmul_size))
+  peak = results['float32_peak_gflops']
   if FLAGS.mixed_precision:  # Utilisation against the compute dtype's peak.
     peak = results[f'matmul_peak_gflops_{FLAGS.mixed_precision}'] = matmul_peak_gflops(
         FLAGS.matmul_size, tf.as_dtype(FLAGS.mixed_precision))
@@ -194,18 +279,27 @@ def main(argv):
   if 'achieved_gflops' in results:
     results['utilization'] = results['achieved_gflops'] / peak
     results['conv_utilization'] = results['achieved_gflops'] / conv_peak
+    if results.get('theoretical_fma_peak_gflops') and not FLAGS.mixed_precision:
+      results['utilization_of_theoretical'] = (
+          results['achieved_gflops'] / results['theoretical_fma_peak_gflops'])
   results['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  if results['gpus']:
+    results['gpu_peak_memory_mb'] = tf.config.experimental.get_memory_info(
+        'GPU:0')['peak'] / 2 ** 20
   results['load_average'] = os.getloadavg()[0]
 
   print(f"\n{FLAGS.preset} {config.image_shape} batch {FLAGS.batch_size}, "
-        f"{results['params']:,} parameters, {flops / 1e9:.3f} GFLOP/image forward")
-  print(f"{'mode':<8}{'images/s':>12}{'s/step':>10}")
+        f"{results['params']:,} parameters, {flops / 1e9:.3f} GFLOP/image forward; "
+        f"{results['cpu_model']} ({' '.join(results['vector_features'])}), "
+        f"{results['cpu_kernels']} kernels")
+  print(f"{'mode':<10}{'images/s':>12}{'s/step':>10}   (train/N: N steps per loop)")
   for mode, rate, seconds in table:
-    print(f'{mode:<8}{rate:>12.1f}{seconds:>10.3f}')
-  if 'data_images_per_sec' in results:
-    for name, rate in results['data_images_per_sec'].items():
-      print(f'data:{name:<3}{rate:>12.0f}')
-  print(f"matmul peak {peak:.0f} GFLOP/s, "
+    print(f'{mode:<10}{rate:>12.1f}{seconds:>10.3f}')
+  for name, rates in results.get('data', {}).items():
+    print(f"data:{name:<20}{rates['images_per_sec']:>10.0f} img/s, "
+          f"{rates['images_per_sec_per_core']:.0f} per core, "
+          f"{rates['cores_for_5000_per_sec']:.1f} cores for 5,000 img/s")
+  print(f"peak {peak:.0f} GFLOP/s (best of the measurements), "
         f"utilisation {results.get('utilization', float('nan')):.2f}; "
         f"3x3 conv fwd+bwd {conv_peak:.0f} GFLOP/s, "
         f"utilisation {results.get('conv_utilization', float('nan')):.2f}; "

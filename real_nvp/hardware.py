@@ -117,7 +117,7 @@ def enable_fast_kernels(environ=None, info=None):
     decision = 'not_x86'
   elif any(f in info.features for f in _TF_ONEDNN_DEFAULT_FEATURES):
     decision = 'tf_default'
-  elif 'tensorflow' in sys.modules:
+  elif environ is os.environ and 'tensorflow' in sys.modules:
     decision = 'too_late'
   else:
     environ[_ONEDNN_ENV] = '1'
@@ -160,7 +160,7 @@ def log_platform():
                  '.'.join(map(str, details.get('compute_capability', ('?',)))))
 
 
-def check_precision(dtype, strategy, allow_emulated=False):
+def check_precision(dtype, strategy, allow_emulated=False, info=None):
   """Refuses a compute dtype that the strategy's devices only emulate.
 
   bfloat16 needs a CPU with avx512_bf16 or amx_bf16, or a GPU of compute
@@ -191,7 +191,7 @@ def check_precision(dtype, strategy, allow_emulated=False):
             f'has compute capability {".".join(map(str, capability))}; native '
             f'{dtype} needs {".".join(map(str, need))}{force}.')
     return
-  info = cpu_info()
+  info = info or cpu_info()
   if dtype == 'float16':
     raise EmulatedPrecisionError(
         f'--mixed_precision=float16 on the CPU ({info.model}): no CPU kernel '

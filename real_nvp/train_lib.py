@@ -20,7 +20,6 @@ import signal
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -171,7 +170,7 @@ class Trainer:
       counters = {name: value.numpy() for name, value in self.steps.loop(
           iterator, tf.constant(length, tf.int64)).items()}
       ran, step = int(counters['step']) - step, int(counters['step'])
-      lengths.observe(ran, progress.end_loop(step, ran))
+      lengths.observe(ran, progress.end_loop(ran))
       if counters['applied']:
         self.state.updated_since_save = True
       self._report_skipped(step, ran - int(counters['applied']), counters)
@@ -265,9 +264,8 @@ class _Progress:
   def start_loop(self):
     self._loop_started = time.time()
 
-  def end_loop(self, step, steps):
+  def end_loop(self, steps):
     """-> the loop's seconds, or None for the loop that traced the graph."""
-    del step
     if self._first_loop:
       self._first_loop = False
       return None

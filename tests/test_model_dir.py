@@ -251,17 +251,23 @@ def test_progress_rate_counts_training_time_only(monkeypatch, caplog):
   monkeypatch.setattr(train_lib.time, 'time', lambda: clock[0])
   progress = train_lib._Progress(TrainConfig(train_steps=10, batch_size=8,
                                              log_every_secs=0.), start=0)
+  counters = {'window_bpd_sum': 3., 'window_grad_norm_sum': 6., 'window_finite': 3}
   with caplog.at_level(logging.INFO, logger='absl'):
-    for step in range(1, 6):
-      progress.start_step()
-      clock[0] += 2.  # a training step: 8 images in 2 s
-      progress.end_step(step, 1.0, 1.0, True)
-      progress.log(step)
+    previous = 0
+    for step in (1, 3, 5, 6):  # device loops of 1 (it traces), 2, 2 and 1 steps
+      progress.start_loop()
+      clock[0] += 2. * (step - previous)  # 8 images in 2 s a step
+      progress.end_loop(step - previous)
+      progress.log(step, counters)
+      previous = step
       if step == 3:
         clock[0] += 500.  # a held-out evaluation
   lines = [r.getMessage() for r in caplog.records if 'img/s' in r.getMessage()]
-  assert lines and all(' 4.0 img/s' in line for line in lines), lines
-  assert progress.summary()['images_per_sec'] == pytest.approx(4.)
+  assert lines and all(' 4.0 img/s' in line and 'bits/dim 1.0000' in line
+                       for line in lines), lines
+  summary = progress.summary(counters)
+  assert summary['images_per_sec'] == pytest.approx(4.)
+  assert (summary['bits_per_dim'], summary['grad_norm']) == (1., 2.)
 
 
 # --- the best checkpoint ------------------------------------------------------------
