@@ -18,7 +18,7 @@ import sys
 
 from absl import logging
 
-__all__ = ['CpuInfo', 'cpu_info', 'enable_fast_kernels', 'kernels_in_use',
+__all__ = ['CpuInfo', 'cpu_info', 'enable_fast_kernels', 'kernel_decision', 'kernels_in_use',
            'log_platform', 'check_precision', 'EmulatedPrecisionError']
 
 _ONEDNN_ENV = 'TF_ENABLE_ONEDNN_OPTS'
@@ -127,6 +127,11 @@ def enable_fast_kernels(environ=None, info=None):
   return decision
 
 
+def kernel_decision():
+  """What enable_fast_kernels did in this process (None: it did not run)."""
+  return _decision
+
+
 def kernels_in_use():
   """'oneDNN' or 'Eigen': the CPU kernels of this process's TensorFlow."""
   from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
@@ -149,7 +154,7 @@ def log_platform():
   """Logs the CPU, its vector features, the kernels in use and the accelerators."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   info = cpu_info()
-  why = _WHY[_decision].format(value=os.environ.get(_ONEDNN_ENV))
+  why = _WHY[kernel_decision()].format(value=os.environ.get(_ONEDNN_ENV))
   logging.info('CPU: %s (%s, %d cores, %s); CPU kernels: %s (%s)', info.model,
                info.machine, info.cores, ' '.join(info.vector_features) or
                'no vector features listed', kernels_in_use(), why)

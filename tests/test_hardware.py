@@ -52,9 +52,11 @@ def test_onednn_is_turned_on_where_tf_leaves_it_off(environ, info, decision, val
 
 
 def test_this_process_runs_onednn_on_x86():
-  if not hardware.cpu_info().is_x86 or 'TF_ENABLE_ONEDNN_OPTS' in os.environ:
-    pytest.skip('not x86, or the user chose the kernels')
   # conftest imports real_nvp before TensorFlow, as the entry points do.
+  decision = hardware.kernel_decision()
+  if decision in ('user', 'not_x86'):
+    pytest.skip(f'the kernels are not real_nvp\'s choice here ({decision})')
+  assert decision in ('enabled', 'tf_default')
   assert hardware.kernels_in_use() == 'oneDNN'
 
 
