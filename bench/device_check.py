@@ -40,18 +40,20 @@ _EXACTNESS_TESTS = ['tests/test_model.py::test_flow_round_trip_and_log_det',
 
 
 def _run(name, args, env=None, timeout=600):
-  """Runs a command in the repository; -> (return code, seconds, output tail)."""
+  """Runs a command in the repository; -> (return code, seconds, stdout, tail
+  of stdout and stderr). A bench's JSON is the last line of its stdout."""
   start = time.time()
   result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ, **(env or {})))
   with open(os.path.join(FLAGS.out, f'{name}.log'), 'w') as f:
     f.write(result.stdout + result.stderr)
-  return result.returncode, time.time() - start, (result.stdout + result.stderr)[-2000:]
+  return (result.returncode, time.time() - start, result.stdout,
+          (result.stdout + result.stderr)[-2000:])
 
 
 def exactness():
   tests = _EXACTNESS_TESTS[1:2] + _EXACTNESS_TESTS[3:4] if FLAGS.reduced else _EXACTNESS_TESTS
-  code, seconds, tail = _run('exactness', [sys.executable, '-m', 'pytest', '-q', *tests])
+  code, seconds, _, tail = _run('exactness', [sys.executable, '-m', 'pytest', '-q', *tests])
   return {'passed': code == 0, 'seconds': round(seconds, 1),
           'summary': tail.strip().splitlines()[-1] if tail.strip() else ''}
 
@@ -62,7 +64,7 @@ def determinism():
             '--train_steps=6' if FLAGS.reduced else '--train_steps=20']
   folders = [os.path.join(FLAGS.out, f'determinism_{i}') for i in (0, 1)]
   for i, folder in enumerate(folders):
-    code, _, tail = _run(f'determinism_{i}', [sys.executable, 'train.py', *flags_,
+    code, _, _, tail = _run(f'determinism_{i}', [sys.executable, 'train.py', *flags_,
                                               f'--model_dir={folder}'],
                          env={'TF_DETERMINISTIC_OPS': '1'})
     if code:
@@ -94,10 +96,10 @@ def throughput():
               '--strategy=one_device', f'--xla={xla}']
       if dtype != 'float32':
         args.append(f'--mixed_precision={dtype}')
-      code, seconds, tail = _run(name, args)
+      code, seconds, stdout, tail = _run(name, args)
       row = {'dtype': dtype, 'xla': xla, 'seconds': round(seconds, 1)}
       if code == 0:
-        bench = json.loads(tail.strip().splitlines()[-1])
+        bench = json.loads(stdout.strip().splitlines()[-1])
         row.update({key: bench.get(key) for key in (
             'train_images_per_sec_by_steps_per_loop', 'utilization',
             'peak_rss_mb', 'gpu_peak_memory_mb', 'gpus', 'cpu_model')})
@@ -111,10 +113,10 @@ def throughput():
 
 def data_rate():
   presets = ['--data_presets=cifar10'] if FLAGS.reduced else []
-  code, _, tail = _run('data', [sys.executable, 'bench/throughput.py', '--mode=data',
+  code, _, stdout, tail = _run('data', [sys.executable, 'bench/throughput.py', '--mode=data',
                                 '--preset=digits', '--steps=1', '--warmup=1',
                                 '--matmul_size=256', *presets])
-  return json.loads(tail.strip().splitlines()[-1])['data'] if code == 0 else {
+  return json.loads(stdout.strip().splitlines()[-1])['data'] if code == 0 else {
       'error': tail[-500:]}
 
 
