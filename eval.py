@@ -18,6 +18,7 @@ from absl import app, flags, logging
 
 from real_nvp import (checkpoints, cli_flags, data, distribute, export, figures,
                       hardware, ood, summaries)
+from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
 from real_nvp.evaluation import Evaluator, write_scores
 
 cli_flags.define_flags()
@@ -26,9 +27,11 @@ flags.DEFINE_enum('split', 'eval', ['eval', 'train'],
 flags.DEFINE_string('checkpoint', None,
                     'Checkpoint path, or "best" (the best held-out checkpoint of '
                     'training); default: the newest readable one.')
-flags.DEFINE_integer('dequant_samples', 1, lower_bound=1, help=
+flags.DEFINE_integer('dequant_samples', 1, lower_bound=1,
+                     upper_bound=MAX_DEQUANT_SAMPLES, help=
                      'Dequantization draws K per image: the bound averages them, '
-                     'the importance-weighted estimate (bits_per_dim_iw) combines them.')
+                     'the importance-weighted estimate (bits_per_dim_iw) combines '
+                     'them. Drawn one at a time: memory does not grow with K.')
 flags.DEFINE_bool('watch', False, 'Evaluate each new checkpoint until --watch_timeout.')
 flags.DEFINE_integer('watch_timeout', 3600, 'Seconds to wait for a new checkpoint.',
                      lower_bound=0)

@@ -25,12 +25,22 @@ import math
 
 import keras
 import tensorflow as tf
+from tensorflow.python.ops import gen_stateless_random_ops_v2
 
 from real_nvp.coupling import Coupling
 from real_nvp.st_network import STNetwork
 
+# tf.random.stateless_*'s default algorithm (Philox on CPUs and GPUs).
+_AUTO_SELECT = 3
+
 __all__ = ['UniformDequantizer', 'VariationalDequantizer', 'DEQUANTIZERS',
-           'make_dequantizer', 'base_noise', 'inside_bins', 'stateless_seed']
+           'MAX_DEQUANT_SAMPLES', 'make_dequantizer', 'base_noise', 'inside_bins',
+           'stateless_seed']
+
+# Draws K per image in one scoring call (eval.py, the SavedModel). Inference
+# memory does not grow with K but the [K, B] log-weights do, and so does the
+# time; 65,536 draws of a batch of 256 are 64 MiB of log-weights.
+MAX_DEQUANT_SAMPLES = 65_536
 
 
 def stateless_seed(seed):
@@ -41,9 +51,13 @@ def stateless_seed(seed):
   return seed
 
 
-def base_noise(distribution, images, seed, num_samples, dtype):
-  """[K, B, H, W, C] draws of U[0, 1) ('uniform') or N(0, 1) ('normal').
+def base_noise(distribution, images, seed, num_samples, dtype, first_draw=0):
+  """Draws first_draw .. first_draw + K - 1 of U[0, 1) ('uniform') or N(0, 1)
+  ('normal') noise, [K, B, H, W, C].
 
+  Draw k of an image is the same numbers whatever K and first_draw are, so
+  K draws may be taken one at a time (`first_draw=k`, K = 1) in memory that
+  does not grow with K.
   `seed` [2]: one draw for the whole batch. Inside a replica context of R
   replicas with equal local batches (training), the draw is of the global
   batch [K, R B, ...] and this replica takes its slice, so the noise of an
@@ -51,24 +65,56 @@ def base_noise(distribution, images, seed, num_samples, dtype):
   `seed` [B, 2]: one seed per image (evaluation: the image's index), so the
   noise of an image does not depend on batching at all.
   """
-  draw = {'uniform': tf.random.stateless_uniform,
-          'normal': tf.random.stateless_normal}[distribution]
   seed = stateless_seed(seed)
   event = tf.shape(images)[1:]
+  per_example = tf.cast(tf.reduce_prod(event), tf.int64)
+  first_draw = tf.cast(first_draw, tf.int64)
+  shape = tf.concat([[num_samples], event], 0)
   if seed.shape.rank == 2:
     per_image = tf.map_fn(
-        lambda s: draw(tf.concat([[num_samples], event], 0), seed=s, dtype=dtype),
+        lambda s: tf.reshape(_stream(distribution, s, first_draw * per_example,
+                                     tf.reduce_prod(shape), dtype), shape),
         seed, fn_output_signature=tf.TensorSpec(None, dtype))
     return tf.transpose(per_image, [1, 0, 2, 3, 4])
   context = tf.distribute.get_replica_context()
   replicas = context.num_replicas_in_sync if context else 1
   local = tf.shape(images)[0]
-  noise = draw(tf.concat([[num_samples, local * replicas], event], 0),
-               seed=seed, dtype=dtype)
+  global_batch = tf.cast(local * replicas, tf.int64)
+  start = (tf.cast(context.replica_id_in_sync_group, tf.int64) * tf.cast(local, tf.int64)
+           if replicas > 1 else tf.constant(0, tf.int64))
+  draw_offset = first_draw * global_batch * per_example
+  if isinstance(num_samples, int) and num_samples == 1:  # This replica's part only.
+    noise = _stream(distribution, seed, draw_offset + start * per_example,
+                    tf.cast(local, tf.int64) * per_example, dtype)
+    return tf.reshape(noise, tf.concat([[1, local], event], 0))
+  noise = tf.reshape(
+      _stream(distribution, seed, draw_offset,
+              tf.cast(num_samples, tf.int64) * global_batch * per_example, dtype),
+      tf.concat([[num_samples, local * replicas], event], 0))
   if replicas == 1:
     return noise
-  start = tf.cast(context.replica_id_in_sync_group, tf.int32) * local
-  return noise[:, start:start + local]
+  return noise[:, start:start + tf.cast(local, tf.int64)]
+
+
+def _stream(distribution, seed, offset, count, dtype):
+  """Elements offset .. offset + count - 1 of the stream that
+  tf.random.stateless_{uniform,normal}([n], seed) draws, flat.
+
+  TF's stateless Philox generator makes 4 numbers per 128-bit counter value
+  (uniform: one per 32-bit word; normal: Box-Muller on pairs of words) and
+  starts every seed at the counter's low 64 bits = 0, so element i comes
+  from counter + i // 4, position i % 4: skipping to an offset is adding to
+  the counter, without drawing what comes before.
+  """
+  op = {'uniform': gen_stateless_random_ops_v2.stateless_random_uniform_v2,
+        'normal': gen_stateless_random_ops_v2.stateless_random_normal_v2}[distribution]
+  key, counter = gen_stateless_random_ops_v2.stateless_random_get_key_counter(seed)
+  offset = tf.cast(offset, tf.int64)
+  counter += tf.stack([tf.cast(offset // 4, tf.uint64), tf.constant(0, tf.uint64)])
+  skip = offset % 4
+  values = op(tf.reshape(skip + tf.cast(count, tf.int64), [1]), key=key,
+              counter=counter, alg=_AUTO_SELECT, dtype=dtype)
+  return values[skip:]
 
 
 def inside_bins(images, noise):

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from real_nvp import data
+from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
 
 __all__ = ['Evaluator', 'Evaluation', 'write_scores']
 
@@ -76,8 +77,9 @@ class Evaluator:
                seed=0):
     if batch_size < 1:
       raise ValueError(f'batch_size must be >= 1; got {batch_size}')
-    if dequant_samples < 1:
-      raise ValueError(f'dequant_samples must be >= 1; got {dequant_samples}')
+    if not 1 <= dequant_samples <= MAX_DEQUANT_SAMPLES:
+      raise ValueError(f'dequant_samples must be in [1, {MAX_DEQUANT_SAMPLES}]; '
+                       f'got {dequant_samples}')
     self.model = model
     self.strategy = strategy or tf.distribute.get_strategy()
     self.batch_size = batch_size

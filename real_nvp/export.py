@@ -17,7 +17,9 @@ Signatures (H, W, C and the number of levels L fixed by the trained model):
   bits_per_dim_iw(images: uint8 [n, H, W, C], seed: int32, num_samples: int32)
       -> {'bits_per_dim': float32 [n], 'bits_per_dim_iw': float32 [n]}: the
          bound (mean over K = num_samples draws) and the K-draw
-         importance-weighted estimate, which is lower
+         importance-weighted estimate, which is lower; 1 <= K <=
+         MAX_DEQUANT_SAMPLES (65,536) per call, drawn one at a time, so
+         memory does not grow with K
   encode(images: uint8 [n, H, W, C])
       -> {'z': float32 [n, H, W, C], 'scale_1': ..., 'scale_S': ...}
   decode(z: float32 [n, H, W, C]) -> {'images': uint8 [n, H, W, C]}, z finite
@@ -35,6 +37,7 @@ import os
 import tensorflow as tf
 
 from real_nvp import checkpoints
+from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
 
 __all__ = ['export_saved_model', 'MAX_SAMPLES', 'SAMPLE_BATCH']
 
@@ -100,8 +103,11 @@ class _ExportModule(tf.Module):
     return {'bits_per_dim': self._model.bits_per_dim(images, seed=seed)}
 
   def _bits_per_dim_iw(self, images, seed, num_samples):
-    with tf.control_dependencies([tf.debugging.assert_positive(
-        num_samples, message='num_samples must be >= 1')]):
+    with tf.control_dependencies([
+        tf.debugging.assert_positive(num_samples, message='num_samples must be >= 1'),
+        tf.debugging.assert_less_equal(
+            num_samples, MAX_DEQUANT_SAMPLES,
+            message=f'num_samples must be <= {MAX_DEQUANT_SAMPLES} per call')]):
       num_samples = tf.identity(num_samples)
     return self._model.bits_per_dim_estimates(images, seed=seed,
                                               num_samples=num_samples)

@@ -183,12 +183,10 @@ class RealNVP(keras.Model):
         message=f'images must be < levels={self.config.levels}')]):
       return tf.identity(images)
 
-  def _dequantization_inputs(self, images, seed, num_samples, training):
-    """Base noise [K, B, H, W, C] and the dequantizer's context of checked
-    images (see `_check_uint8_images`)."""
-    noise = base_noise(self.dequantizer.noise_distribution, images, seed,
-                       num_samples, self.compute_dtype)
-    return noise, self.dequantizer.context(images, training)
+  def _noise(self, images, seed, num_samples=1, first_draw=0):
+    """Base noise [K, B, H, W, C] of draws first_draw .. first_draw + K - 1."""
+    return base_noise(self.dequantizer.noise_distribution, images, seed,
+                      num_samples, self.compute_dtype, first_draw)
 
   def dequantize(self, images, seed=(0, 0), training=False):
     """One draw u ~ q(u|x) [B, H, W, C] in [x, x + 1) and log q(u|x) [B], nats.
@@ -198,8 +196,8 @@ class RealNVP(keras.Model):
     image).
     """
     images = self._check_uint8_images(images)
-    noise, context = self._dequantization_inputs(images, seed, 1, training)
-    return self.dequantizer.transform(images, noise[0], context, training)
+    return self.dequantizer.transform(images, self._noise(images, seed)[0],
+                                      training=training)
 
   def log_weights(self, images, seed=(0, 0), num_samples=1, training=False):
     """log p(u_k) - log q(u_k|x) in nats, [K, B], u_k ~ q(u|x), k < K.
@@ -207,8 +205,8 @@ class RealNVP(keras.Model):
     `images`, `seed`: see `dequantize`. `num_samples` (K) may be a Python
     int or a scalar tensor. In training mode the K draws form one batch of
     K B examples (batch statistics over all of them); in inference mode they
-    are scored one after the other, so memory does not grow with K. An empty
-    batch gives [K, 0].
+    are drawn and scored one after the other, so memory does not grow with K
+    (beyond the [K, B] result). An empty batch gives [K, 0].
     """
     images = self._check_uint8_images(images)
     if training:  # Training batches are never empty (and all-reduce in BN).
@@ -219,23 +217,26 @@ class RealNVP(keras.Model):
 
   def _log_weights(self, images, seed, num_samples, training):
     """`log_weights` of checked, non-empty images."""
-    noise, context = self._dequantization_inputs(images, seed, num_samples, training)
+    context = self.dequantizer.context(images, training)
 
     def log_weight(images, noise, context):
       u, log_q = self.dequantizer.transform(images, noise, context, training)
       return self._log_prob_of_examples(u, training) - log_q
 
     if isinstance(num_samples, int) and num_samples == 1:
-      return log_weight(images, noise[0], context)[None]
+      return log_weight(images, self._noise(images, seed)[0], context)[None]
     if training:
       def tile(t):
         return None if t is None else tf.tile(t, tf.concat(
             [[num_samples], tf.ones([t.shape.rank - 1], tf.int32)], 0))
       tiled = tile(images)
+      noise = self._noise(images, seed, num_samples)
       flat = log_weight(tiled, tf.reshape(noise, tf.shape(tiled)), tile(context))
       return tf.reshape(flat, tf.stack([num_samples, tf.shape(images)[0]]))
-    return tf.map_fn(lambda n: log_weight(images, n, context), noise,
-                     fn_output_signature=tf.TensorSpec(None, self.compute_dtype))
+    return tf.map_fn(
+        lambda k: log_weight(images, self._noise(images, seed, 1, k)[0], context),
+        tf.range(num_samples), parallel_iterations=1,
+        fn_output_signature=tf.TensorSpec(None, self.compute_dtype))
 
   def bits_per_dim_estimates(self, images, seed=(0, 0), num_samples=1,
                              training=False):

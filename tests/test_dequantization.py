@@ -130,6 +130,36 @@ def test_draws_are_independent_of_how_they_are_scored():
                                 noise[:, 1:2])
 
 
+@pytest.mark.parametrize('dequantization', ['uniform', 'variational'])
+@pytest.mark.parametrize('num_samples', [1, 4])
+def test_noise_drawn_per_draw_gives_the_numbers_of_the_joint_draw(
+    dequantization, num_samples):
+  """Inference draws each of the K noise tensors alone (memory flat in K);
+  the numbers equal those of one [K, B, H, W, C] draw of
+  tf.random.stateless_*, as before, for a batch seed and per-image seeds,
+  also for images whose size is not a multiple of 4 (Philox's block)."""
+  model = _digits_model(dequantization)
+  images = data.load_dataset('digits').eval.images[:3]
+  draw = {'uniform': tf.random.stateless_uniform,
+          'normal': tf.random.stateless_normal}[model.dequantizer.noise_distribution]
+  batch_seed = tf.constant([5, 11], tf.int64)
+  per_image_seeds = tf.constant([[7, i] for i in range(3)], tf.int64)
+  joint = {'batch': draw([num_samples, 3, 8, 8, 1], seed=batch_seed),
+           'per image': tf.stack([draw([num_samples, 8, 8, 1], seed=s)
+                                  for s in per_image_seeds], axis=1)}
+  for name, seed in (('batch', batch_seed), ('per image', per_image_seeds)):
+    log_w = model.log_weights(images, seed, num_samples)
+    for k in range(num_samples):
+      u, log_q = model.dequantizer.transform(images, joint[name][k])
+      np.testing.assert_array_equal(log_w[k], model.log_prob(u) - log_q)
+  odd = tf.zeros([2, 3, 5, 1], tf.uint8)
+  reference = draw([3, 2, 3, 5, 1], seed=batch_seed)
+  for k in range(3):
+    np.testing.assert_array_equal(
+        base_noise(model.dequantizer.noise_distribution, odd, batch_seed, 1,
+                   tf.float32, first_draw=k)[0], reference[k])
+
+
 def test_variational_model_regularizes_and_counts_its_dequantizer():
   uniform, variational = _digits_model(), _digits_model('variational')
   extra = len(variational.weight_norm_gains) - len(uniform.weight_norm_gains)
