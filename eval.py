@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
-from real_nvp import (checkpoints, cli_flags, data, distribute, export, figures,
+from real_nvp import (best_checkpoint, checkpoints, cli_flags, data, distribute, export, figures,
                       hardware, ood, summaries)
 from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
 from real_nvp.evaluation import Evaluator, write_scores
@@ -101,7 +101,7 @@ def _out_of_distribution(evaluator, evaluation, source, model_dir, step, writers
 
 def _evaluate(model_dir, checkpoint, strategy):
   model, step, checkpoint = checkpoints.restore_model(
-      model_dir, checkpoints.resolve_checkpoint(model_dir, checkpoint), strategy)
+      model_dir, best_checkpoint.resolve_checkpoint(model_dir, checkpoint), strategy)
   source = _data_source(model_dir)
   evaluator = Evaluator(model, strategy, FLAGS.batch_size,
                         dequant_samples=FLAGS.dequant_samples, seed=FLAGS.seed)

@@ -14,8 +14,10 @@ import sys
 from absl import app, flags, logging
 
 # real_nvp before TensorFlow: it chooses TF's CPU kernels (hardware.py).
-from real_nvp import checkpoints, cli_flags, data, distribute, export, hardware
+from real_nvp import (best_checkpoint, checkpoints, cli_flags, data, distribute, export,
+                      hardware)
 import tensorflow as tf  # noqa: E402  pylint: disable=g-bad-import-order
+from real_nvp.model_dir_lock import ModelDirLock
 from real_nvp.train_lib import Trainer, TrainingDiverged
 
 cli_flags.define_flags()
@@ -33,7 +35,7 @@ def main(argv):
                                FLAGS.image_channels)
     flow_config, train_config = cli_flags.flow_config(source), cli_flags.train_config()
     chief = distribute.is_chief(strategy)
-    with checkpoints.ModelDirLock(model_dir) if chief else contextlib.nullcontext():
+    with ModelDirLock(model_dir) if chief else contextlib.nullcontext():
       trainer = Trainer(strategy, source, flow_config, train_config, model_dir)
       if chief:
         checkpoints.write_run_settings(
@@ -43,10 +45,19 @@ def main(argv):
                    source.name, source.image_shape, source.levels,
                    strategy.num_replicas_in_sync, model_dir)
       eval_bpd = trainer.train()
-      if eval_bpd is None:
-        return  # Stopped by a signal; the checkpoint is saved.
+      if trainer.outcome == 'signal':
+        return  # The checkpoint is saved.
+      export_dir = os.path.join(model_dir, 'saved_model')
+      if trainer.outcome == 'stopped_before':
+        if chief and not os.path.exists(export_dir):
+          _export(trainer, export_dir)
+        print(f'Nothing to do: early stopping ended this run at step '
+              f'{trainer.best.early_stopped_at} (best {trainer.best.best[1]:.4f} at '
+              f'step {trainer.best.best[0]}); its SavedModel is in {export_dir}. '
+              'Pass --train_past_early_stop to train on.')
+        return
       if chief:
-        exported = _export(trainer, os.path.join(model_dir, 'saved_model'))
+        exported = _export(trainer, export_dir)
   except (data.DataError, TrainingDiverged, ValueError, FileNotFoundError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')
@@ -67,20 +78,21 @@ def main(argv):
 def _export(trainer, export_dir):
   """Exports the checkpoint --export_checkpoint names; returns its step."""
   step = int(trainer.step.numpy())
-  best = checkpoints.best_checkpoint(trainer.model_dir)
+  best = best_checkpoint.best_checkpoint(trainer.model_dir)
   if trainer.cfg.export_checkpoint == 'best' and best is not None:
     path, step, _ = best
     weights = tf.train.Checkpoint(model_weights=checkpoints.model_weights(trainer.model))
     checkpoints.read_checkpoint(weights, path).expect_partial()
     logging.info('Exporting the best checkpoint, %s (step %d).', path, step)
+  which = ' --checkpoint=best' if trainer.cfg.export_checkpoint == 'best' else ''
   try:
     export.export_saved_model(trainer.model, export_dir)
   except checkpoints.STORAGE_ERRORS as error:
     raise checkpoints.StorageError(
         f'Could not export the SavedModel to {export_dir} '
         f'({checkpoints.error_summary(error)}); the checkpoints are complete: '
-        f'free space and run `python eval.py --model_dir={trainer.model_dir} '
-        f'--export_dir={export_dir}`.') from None
+        f'free space and run `python eval.py --model_dir={trainer.model_dir}{which} '
+        f'--export_dir={export_dir} --figures=false`.') from None
   return step
 
 

@@ -5,46 +5,38 @@ writer's lock and atomic exports.
     {model_dir}/checkpoint                    TF's checkpoint state
     {model_dir}/config.json                   the FlowConfig of the checkpoints
     {model_dir}/data.json, flags.txt          the data settings and every flag
-    {model_dir}/train.lock                    host, pid and start of the writer
+    {model_dir}/train.lock                    the writer (model_dir_lock.py)
     {model_dir}/corrupt_checkpoints/          unreadable checkpoints, moved aside
-    {model_dir}/best/ckpt-N, best/best.json   the checkpoint with the lowest held-out
-                                              bits/dim, its step and value, and
-                                              every evaluation of the run
+    {model_dir}/best/                         the best checkpoint (best_checkpoint.py)
 
 Every fault of the directory is reported with its path and what to do, as a
 `ModelDirError` (a ValueError), never a traceback from inside TensorFlow.
 """
 
 import dataclasses
-import datetime
 import errno
 import glob
 import json
 import os
 import re
 import shutil
-import socket
 
 import tensorflow as tf
 from absl import logging
 
 from real_nvp.config import FlowConfig
 
-__all__ = ['ModelDirError', 'CheckpointMismatch', 'StorageError', 'ModelDirLock',
+__all__ = ['ModelDirError', 'CheckpointMismatch', 'StorageError',
            'model_weights', 'check_config', 'write_config', 'read_config',
            'checkpoint_paths', 'has_checkpoint', 'read_checkpoint',
-           'restore_model', 'clean_temporary_files', 'write_run_settings',
-           'read_data_settings', 'export_atomically', 'STORAGE_ERRORS',
-           'BestCheckpoint', 'best_checkpoint', 'resolve_checkpoint',
-           'watch_checkpoints', 'quarantine', 'error_summary', 'is_disk_full',
-           'write_atomically']
+           'verify_readable', 'restore_model', 'clean_temporary_files',
+           'write_run_settings', 'read_data_settings', 'export_atomically',
+           'STORAGE_ERRORS', 'watch_checkpoints', 'quarantine', 'error_summary',
+           'is_disk_full', 'write_atomically']
 
 CONFIG_FILE = 'config.json'
 DATA_FILE = 'data.json'
-LOCK_FILE = 'train.lock'
 CORRUPT_DIR = 'corrupt_checkpoints'
-BEST_DIR = 'best'
-BEST_FILE = 'best.json'
 
 # What reading a damaged checkpoint raises (truncated index or data files,
 # bad checksums, "not an sstable", files gone between listing and reading).
@@ -165,6 +157,18 @@ def read_checkpoint(checkpoint, path):
   return status
 
 
+def verify_readable(path):
+  """Reads every tensor of the checkpoint at `path` (without loading it into
+  anything), so that damage is found before it is used. Raises ModelDirError."""
+  try:
+    reader = tf.train.load_checkpoint(path)
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  except _READ_ERRORS as error:
+    raise ModelDirError(f'Checkpoint {path} cannot be read: '
+                        f'{error_summary(error)}') from None
+
+
 def _shape_differences(checkpoint, path):
   """'name: checkpoint shape vs model shape' for the first few mismatches,
   and how many of the model's weights the checkpoint lacks."""
@@ -250,7 +254,7 @@ def watch_checkpoints(model_dir, timeout, evaluate):
 
 def clean_temporary_files(model_dir):
   """Removes what an interrupted save or export left behind."""
-  patterns = ('ckpt-*_temp', os.path.join(BEST_DIR, 'ckpt-*_temp'),
+  patterns = ('ckpt-*_temp', os.path.join('best', 'ckpt-*_temp'),
               '*.export-tmp-*', '*.export-old-*')
   leftovers = [path for pattern in patterns
                for path in glob.glob(os.path.join(glob.escape(model_dir), pattern))]
@@ -259,104 +263,14 @@ def clean_temporary_files(model_dir):
     shutil.rmtree(path, ignore_errors=True)
 
 
-def quarantine(model_dir, path, reason):
-  """Moves an unreadable checkpoint's files to corrupt_checkpoints/."""
+def quarantine(model_dir, path, reason, prefix=''):
+  """Moves an unreadable checkpoint's files to corrupt_checkpoints/ (their
+  names prefixed with `prefix`)."""
   target = os.path.join(model_dir, CORRUPT_DIR)
   os.makedirs(target, exist_ok=True)
   for name in glob.glob(glob.escape(path) + '.*'):
-    shutil.move(name, os.path.join(target, os.path.basename(name)))
+    shutil.move(name, os.path.join(target, prefix + os.path.basename(name)))
   logging.warning('%s Moved its files to %s.', reason, target)
-
-
-# --- the best checkpoint ------------------------------------------------------------
-
-
-def _read_best(model_dir):
-  path = os.path.join(model_dir, BEST_DIR, BEST_FILE)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as error:
-    raise ModelDirError(f'{path} cannot be read ({error}); remove {BEST_DIR}/ '
-                        'to start the best-checkpoint record afresh.') from None
-
-
-def best_checkpoint(model_dir):
-  """(path, step, bits/dim) of the best checkpoint, or None."""
-  record = _read_best(model_dir)
-  if not record or record.get('checkpoint') is None:
-    return None
-  path = os.path.join(model_dir, BEST_DIR, record['checkpoint'])
-  return path, record['step'], record['bits_per_dim']
-
-
-def resolve_checkpoint(model_dir, checkpoint):
-  """`checkpoint` as a path: 'best' names the best checkpoint, None the newest."""
-  if checkpoint != 'best':
-    return checkpoint
-  best = best_checkpoint(model_dir)
-  if best is None:
-    raise ModelDirError(f'{model_dir} has no best checkpoint: no held-out '
-                        'evaluation ran during training (--eval_every).')
-  return best[0]
-
-
-class BestCheckpoint:
-  """The checkpoint with the lowest held-out bits/dim, kept in best/ beside the
-  rolling ones (never rotated out by --keep_checkpoints), with best.json:
-  its step and value and the history of every evaluation of the run.
-
-  Args:
-    checkpoint: the tf.train.Checkpoint of the run.
-    model_dir: the model directory.
-    write_dir: where this worker writes (model_dir/best on the chief, a
-      scratch directory on other workers: checkpoint writes are collective).
-  """
-
-  def __init__(self, checkpoint, model_dir, write_dir=None):
-    self.model_dir = model_dir
-    self.directory = os.path.join(model_dir, BEST_DIR)
-    self._write_dir = write_dir or self.directory
-    self._manager = tf.train.CheckpointManager(
-        checkpoint, self._write_dir, max_to_keep=1, checkpoint_name='ckpt')
-    self.history = []
-    self.best = None  # (step, bits/dim)
-    self._name = None  # of the best checkpoint's files in best/
-
-  @property
-  def is_writer(self):
-    return self._write_dir == self.directory
-
-  def resume(self, step):
-    """Loads the record, forgetting evaluations after `step` (the restored one)."""
-    record = _read_best(self.model_dir) or {}
-    self.history = [tuple(h) for h in record.get('history', []) if h[0] <= step]
-    if record.get('checkpoint') is not None:
-      self.best = (record['step'], record['bits_per_dim'])
-      self._name = record['checkpoint']
-
-  @property
-  def evaluations_since_best(self):
-    if self.best is None:
-      return len(self.history)
-    return sum(1 for step, _ in self.history if step > self.best[0])
-
-  def record(self, step, bits_per_dim):
-    """Adds an evaluation; saves the checkpoint if it is the best. -> improved."""
-    self.history.append((step, bits_per_dim))
-    improved = self.best is None or bits_per_dim < self.best[1]
-    if improved:
-      self._name = os.path.basename(self._manager.save(checkpoint_number=step))
-      self.best = (step, bits_per_dim)
-      if not self.is_writer:
-        shutil.rmtree(self._write_dir, ignore_errors=True)
-    if self.is_writer:
-      write_atomically(os.path.join(self.directory, BEST_FILE), json.dumps({
-          'checkpoint': self._name, 'step': self.best[0],
-          'bits_per_dim': self.best[1], 'history': self.history}, indent=1))
-    return improved
 
 
 # --- run settings -----------------------------------------------------------------
@@ -407,84 +321,6 @@ def export_atomically(write, export_dir):
     raise
   shutil.rmtree(previous, ignore_errors=True)
   return export_dir
-
-
-# --- one writer -------------------------------------------------------------------
-
-
-class ModelDirLock:
-  """One training run per model directory: train.lock holds the writer's host,
-  pid and start time, created atomically (O_EXCL).
-
-  A lock of a process that no longer runs on this host is stale: it is taken
-  over with a log line. Any other lock refuses the second writer, naming it.
-  Use as a context manager; the lock is released on exit.
-  """
-
-  def __init__(self, model_dir):
-    self.path = os.path.join(model_dir, LOCK_FILE)
-    self._held = False
-
-  def _holder(self):
-    try:
-      with open(self.path) as f:
-        return json.load(f)
-    except (OSError, ValueError):
-      return None
-
-  @staticmethod
-  def _alive(pid):
-    try:
-      os.kill(pid, 0)
-    except ProcessLookupError:
-      return False
-    except PermissionError:
-      return True
-    return True
-
-  def acquire(self):
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    me = {'host': socket.gethostname(), 'pid': os.getpid(),
-          'started': datetime.datetime.now().isoformat(timespec='seconds')}
-    for _ in range(3):
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        holder = self._holder() or {}  # {}: being written, or garbage
-        if (holder.get('host') == me['host'] and isinstance(holder.get('pid'), int)
-            and not self._alive(holder['pid'])):
-          logging.warning('Taking over the stale lock %s of process %d (no longer '
-                          'running, started %s).', self.path, holder['pid'],
-                          holder.get('started'))
-          os.remove(self.path)
-          continue
-        raise ModelDirError(
-            f'{os.path.dirname(self.path)} is in use by another training run '
-            f'(host {holder.get("host", "?")}, pid {holder.get("pid", "?")}, started '
-            f'{holder.get("started", "?")}; {self.path}). Use another --model_dir, '
-            'or stop that run first; if it is dead on another host, remove the '
-            'lock file.')
-      except OSError as error:
-        raise StorageError(f'Cannot create {self.path}: {error}') from None
-      with os.fdopen(fd, 'w') as f:
-        json.dump(me, f)
-      self._held = True
-      return self
-    raise ModelDirError(f'Cannot take the lock {self.path}; try again.')
-
-  def release(self):
-    if self._held:
-      self._held = False
-      try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
-
-  def __enter__(self):
-    return self.acquire()
-
-  def __exit__(self, *exc):
-    self.release()
 
 
 def is_disk_full(error):

@@ -225,8 +225,16 @@ class TrainConfig:
       'best', 'Which checkpoint train.py exports: the best held-out one, or the '
       'last.', choices=('best', 'last'))
   early_stopping_evals: int = _setting(
-      0, 'Stop after this many held-out evaluations without improvement; 0: off.',
-      _at_least(0))
+      0, 'Stop after this many held-out evaluations without improvement; 0: off. '
+      'A run that stopped so is not continued by running it again, unless '
+      '--train_past_early_stop.', _at_least(0))
+  train_past_early_stop: bool = _setting(
+      False, 'Continue a run that early stopping ended (raise '
+      '--early_stopping_evals, or set it to 0, or it stops again at the next '
+      'evaluation).')
+  restart_if_unreadable: bool = _setting(
+      False, 'When no checkpoint in --model_dir can be read, move them (and the '
+      'best checkpoint) aside and train from step 0, instead of stopping.')
 
   def __post_init__(self):
     self.sample_temperatures = tuple(float(t) for t in self.sample_temperatures)

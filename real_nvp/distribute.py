@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-__all__ = ['STRATEGIES', 'get_strategy', 'is_chief']
+__all__ = ['STRATEGIES', 'get_strategy', 'is_chief', 'has_several_workers']
 
 STRATEGIES = ('mirrored', 'one_device', 'multi_worker', 'tpu')
 
@@ -42,3 +42,11 @@ def is_chief(strategy):
   return (resolver.task_type in (None, 'chief') or
           (resolver.task_type == 'worker' and resolver.task_id == 0 and
            'chief' not in resolver.cluster_spec().as_dict()))
+
+
+def has_several_workers(strategy):
+  """True when the strategy spans more than one worker (its collectives need
+  every worker)."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+  return sum(len(tasks) for name, tasks in cluster.items() if name != 'ps') > 1

@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl import logging
 
 from real_nvp import checkpoints
+from real_nvp.best_checkpoint import BestCheckpoint
 
 __all__ = ['RunState']
 
@@ -28,19 +29,24 @@ class RunState:
     keep_checkpoints: how many rolling checkpoints to keep.
     worker_id: None on the chief; other workers write their (collective)
       checkpoint copies to scratch directories that they delete.
+    restart_if_unreadable: when no checkpoint can be read, move them all
+      aside and start from step 0 (else stop with a message).
+    multi_worker: the run has several workers (see BestCheckpoint.reconcile).
   """
 
   def __init__(self, checkpointables, step, model_dir, flow_config, keep_checkpoints,
-               worker_id=None):
+               worker_id=None, restart_if_unreadable=False, multi_worker=False):
     self.step, self.model_dir, self.flow_config = step, model_dir, flow_config
     self.is_chief = worker_id is None
     self.keep_checkpoints = keep_checkpoints
+    self.restart_if_unreadable = restart_if_unreadable
+    self.multi_worker = multi_worker
     checkpoints.check_config(model_dir, flow_config)
     self.checkpoint = tf.train.Checkpoint(**checkpointables)
     self._checkpoint_dir = model_dir if self.is_chief else os.path.join(
         model_dir, f'.worker_{worker_id}_tmp')
     self.manager = None  # Created by restore(), once the directory is sound.
-    self.best = checkpoints.BestCheckpoint(
+    self.best = BestCheckpoint(
         self.checkpoint, model_dir, None if self.is_chief else os.path.join(
             model_dir, f'.worker_{worker_id}_best_tmp'))
     self.updated_since_save = False
@@ -48,24 +54,39 @@ class RunState:
   def restore(self):
     """Restores the newest readable checkpoint, if any; returns the step.
 
-    Leftovers of interrupted saves are removed first. A newer checkpoint that
+    Leftovers of interrupted saves are removed first. Each checkpoint's data
+    is read in full before anything is loaded from it: a newer one that
     cannot be read is reported and moved to corrupt_checkpoints/, and the one
-    before it is used; a checkpoint of another architecture is refused.
+    before it is used. When none can be read, the run stops with a message
+    and changes nothing (unless `restart_if_unreadable`). A checkpoint of
+    another architecture is refused. Then best/ is reconciled with what is
+    on disk (BestCheckpoint.reconcile).
     """
     if self.is_chief:
       checkpoints.clean_temporary_files(self.model_dir)
+    unreadable, restored = [], None
     for path in checkpoints.checkpoint_paths(self.model_dir):
       try:
-        checkpoints.read_checkpoint(self.checkpoint, path)
-      except checkpoints.CheckpointMismatch:
-        raise
+        checkpoints.verify_readable(path)
       except checkpoints.ModelDirError as error:
-        if not self.is_chief:
-          raise
-        checkpoints.quarantine(self.model_dir, path, str(error))
+        unreadable.append((path, str(error)))
         continue
-      logging.info('Restored %s at step %d', path, int(self.step.numpy()))
+      checkpoints.read_checkpoint(self.checkpoint, path)
+      restored = path
       break
+    if unreadable and restored is None and not self.restart_if_unreadable:
+      raise checkpoints.ModelDirError(
+          f'None of the {len(unreadable)} checkpoint(s) in {self.model_dir} can be '
+          f'read ({unreadable[0][1]}); nothing was changed. Restore them from a '
+          'backup, or run again with --restart_if_unreadable to move them to '
+          f'{checkpoints.CORRUPT_DIR}/ and train from step 0.')
+    if self.is_chief:
+      for path, reason in unreadable:
+        checkpoints.quarantine(self.model_dir, path, reason)
+    elif unreadable:
+      raise checkpoints.ModelDirError(unreadable[0][1])  # The chief moves them.
+    if restored:
+      logging.info('Restored %s at step %d', restored, int(self.step.numpy()))
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, self._checkpoint_dir, max_to_keep=self.keep_checkpoints,
         checkpoint_name='ckpt')
@@ -73,6 +94,7 @@ class RunState:
       if not checkpoints.has_checkpoint(self.model_dir):
         os.makedirs(self.model_dir, exist_ok=True)
       checkpoints.write_config(self.model_dir, self.flow_config)
+      self.best.reconcile(fresh=restored is None, multi_worker=self.multi_worker)
     self.best.resume(int(self.step.numpy()))
     return int(self.step.numpy())
 

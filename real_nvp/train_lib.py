@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from real_nvp import data, distribute, hardware, summaries
+from real_nvp import checkpoints, data, distribute, hardware, summaries
 from real_nvp.evaluation import Evaluator
 from real_nvp.run_state import RunState
 from real_nvp.train_step import TrainStep
@@ -75,9 +75,12 @@ class Trainer:
     self.state = RunState(
         self.steps.checkpointables(), self.step, model_dir, flow_config,
         cfg.keep_checkpoints,
-        None if self.is_chief else strategy.cluster_resolver.task_id)
+        None if self.is_chief else strategy.cluster_resolver.task_id,
+        restart_if_unreadable=cfg.restart_if_unreadable,
+        multi_worker=distribute.has_several_workers(strategy))
     self.best = self.state.best
     self._early_stopped = False
+    self.outcome = None  # How train() ended: see its docstring.
     self.writers = summaries.SummaryWriters(model_dir, self.is_chief)
     self.evaluator = Evaluator(self.model, strategy, cfg.batch_size, seed=cfg.seed + 1)
     self._stop_requested = False
@@ -118,9 +121,26 @@ class Trainer:
 
   def train(self):
     """Trains to `train_steps` (or until early stopping); returns the last
-    held-out bits/dim (None if stopped by a signal). `self.best` holds the
-    best evaluation."""
+    held-out bits/dim, or None when no evaluation ended the call. `self.best`
+    holds the best evaluation; `self.outcome` says how the call ended:
+    'finished', 'early_stopped', 'signal' (stopped by SIGTERM/SIGINT) or
+    'stopped_before' (early stopping had ended this run already; nothing was
+    trained, see --train_past_early_stop)."""
     start = self.restore()
+    self._value_unrecorded_best_checkpoints()
+    stopped_at = self.best.early_stopped_at
+    if stopped_at is not None:
+      if not self.cfg.train_past_early_stop:
+        best_step, best_bpd = self.best.best
+        logging.info(
+            'This run was ended by early stopping at step %d (best %.4f bits/dim at '
+            'step %d); not training further. Pass --train_past_early_stop to '
+            'continue it.', stopped_at, best_bpd, best_step)
+        self.outcome = 'stopped_before'
+        return None
+      logging.info('Continuing past the early stop at step %d '
+                   '(--train_past_early_stop).', stopped_at)
+      self.best.clear_early_stop()
     previous_handlers = {s: signal.signal(s, self._request_stop)
                          for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -129,10 +149,29 @@ class Trainer:
       for s, handler in previous_handlers.items():
         signal.signal(s, handler)
     if self._stop_requested:
+      self.outcome = 'signal'
       return None
     if self._early_stopped:
+      self.outcome = 'early_stopped'
       return self.best.history[-1][1]
+    self.outcome = 'finished'
     return self._held_out_evaluation(int(self.step.numpy()))
+
+  def _value_unrecorded_best_checkpoints(self):
+    """Evaluates the checkpoints of best/ that no record values (a crash of an
+    older version between its steps), so the best is decided on numbers; the
+    run's own weights are put back afterwards."""
+    for path, step in list(self.best.unvalued):
+      logging.info('Evaluating %s, which the best-checkpoint record does not value.',
+                   path)
+      current = [variable.numpy() for variable in self.model.variables]
+      weights = tf.train.Checkpoint(model_weights=checkpoints.model_weights(self.model))
+      checkpoints.read_checkpoint(weights, path).expect_partial()
+      try:
+        self.best.adopt(path, step, self.evaluate(self.cfg.eval_examples))
+      finally:
+        for variable, value in zip(self.model.variables, current):
+          variable.assign(value)
 
   def _held_out_evaluation(self, step):
     """Evaluates, keeps the best checkpoint, decides on early stopping."""
@@ -151,6 +190,7 @@ class Trainer:
                    'improvement on %.4f bits/dim (step %d).', step, waited,
                    self.best.best[1], self.best.best[0])
       self._early_stopped = True
+      self.best.mark_early_stop(step)
     return eval_bpd
 
   def _loop(self, start):

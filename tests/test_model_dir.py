@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from real_nvp import checkpoints, data, distribute, export, preset, train_lib
-from real_nvp.checkpoints import ModelDirError, ModelDirLock, StorageError
+from real_nvp import best_checkpoint, checkpoints, data, distribute, export, preset, train_lib
+from real_nvp.checkpoints import ModelDirError, StorageError
+from real_nvp.model_dir_lock import ModelDirLock
 from real_nvp.config import TrainConfig
 from real_nvp.train_lib import Trainer, TrainingDiverged
 
@@ -280,9 +281,9 @@ def test_best_checkpoint_survives_rotation_and_resume_and_is_exported(tmp_path):
   trainer.train()
   assert checkpoints.checkpoint_paths(str(tmp_path)) == [
       str(tmp_path / 'ckpt-8'), str(tmp_path / 'ckpt-7')]  # rotation
-  path, step, value = checkpoints.best_checkpoint(str(tmp_path))
+  path, step, value = best_checkpoint.best_checkpoint(str(tmp_path))
   assert (path, step, value) == (str(tmp_path / 'best' / 'ckpt-4'), 4, 2.0)
-  assert checkpoints.resolve_checkpoint(str(tmp_path), 'best') == path
+  assert best_checkpoint.resolve_checkpoint(str(tmp_path), 'best') == path
   # The best checkpoint holds the weights of step 4.
   _, restored_step, _ = checkpoints.restore_model(str(tmp_path), path)
   assert restored_step == 4
@@ -313,7 +314,7 @@ def test_train_py_exports_the_best_checkpoint(tmp_path):
        '--eval_every=10', '--train_steps=20'], cwd=ROOT, env=_env(),
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  _, step, value = checkpoints.best_checkpoint(str(tmp_path))
+  _, step, value = best_checkpoint.best_checkpoint(str(tmp_path))
   assert f'best {value:.4f} at step {step}' in result.stdout
   assert f'the SavedModel holds step {step}' in result.stdout
   assert os.path.exists(tmp_path / 'saved_model' / 'saved_model.pb')
