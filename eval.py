@@ -16,6 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
+from real_nvp import config as config_lib
 from real_nvp import (best_checkpoint, checkpoints, cli_flags, data, distribute, export, figures,
                       hardware, ood, summaries)
 from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
@@ -77,11 +78,24 @@ def _write_figures(model, source, model_dir, step, writers):
     writers.images('eval', step, f'figures/{name}', grid)
 
 
-def _out_of_distribution(evaluator, evaluation, source, model_dir, step, writers):
-  config = evaluator.model.config
-  ood_source = data.load_dataset(FLAGS.ood_dataset, FLAGS.data_dir,
-                                 config.image_shape[0], config.image_shape[2])
+def _ood_source(config):
+  """The --ood_dataset brought to the model's shape and levels (checked before
+  any evaluation runs)."""
+  source = data.load_dataset(FLAGS.ood_dataset, FLAGS.data_dir,
+                             config.image_shape[0], config.image_shape[2])
+  return data.conform(source, config.image_shape, config.levels)
+
+
+def _out_of_distribution(evaluator, evaluation, source, ood_source, model_dir, step,
+                         writers):
   report, ood_evaluation = ood.ood_report(evaluator, evaluation, source, ood_source)
+  print(f"Out of distribution: {report['dataset']}, {report['num_examples']} images, "
+        f"{report['bits_per_dim']:.4f} bits/dim (in distribution "
+        f"{report['in_distribution_bits_per_dim']:.4f}): AUROC {report['auroc']:.4f}, "
+        f"AUPR {report['aupr']:.4f}, FPR at 95% TPR {report['fpr_at_95_tpr']:.4f}; "
+        f"typicality AUROC {report['typicality_auroc']:.4f}, AUPR "
+        f"{report['typicality_aupr']:.4f}, FPR at 95% TPR "
+        f"{report['typicality_fpr_at_95_tpr']:.4f}", flush=True)
   picture = figures.ood_histogram(
       evaluation.bits_per_dim, ood_evaluation.bits_per_dim,
       f'{source.name} {source.eval_split_name}', report['dataset'],
@@ -89,46 +103,77 @@ def _out_of_distribution(evaluator, evaluation, source, model_dir, step, writers
   writers.images('eval', step, 'figures/ood_histogram', picture)
   writers.scalars('eval', step, {f'ood/{k}': v for k, v in report.items()
                                  if isinstance(v, float)})
-  print(f"Out of distribution: {report['dataset']}, {report['num_examples']} images, "
-        f"{report['bits_per_dim']:.4f} bits/dim (in distribution "
-        f"{report['in_distribution_bits_per_dim']:.4f}): AUROC {report['auroc']:.4f}, "
-        f"AUPR {report['aupr']:.4f}, FPR at 95% TPR {report['fpr_at_95_tpr']:.4f}; "
-        f"typicality AUROC {report['typicality_auroc']:.4f}, AUPR "
-        f"{report['typicality_aupr']:.4f}, FPR at 95% TPR "
-        f"{report['typicality_fpr_at_95_tpr']:.4f}")
   return report
 
 
+def _refuse_architecture_flags(config, model_dir):
+  """Architecture flags describe the stored model, which eval.py cannot change:
+  one that differs from config.json is refused, naming the stored value."""
+  requested = {name: FLAGS[name].value for name in cli_flags.ARCHITECTURE_FLAGS
+               if FLAGS[name].present}
+  if FLAGS['preset'].present:
+    preset = config_lib.PRESETS[FLAGS.preset]
+    requested = {**{name: getattr(preset, name) for name in cli_flags.ARCHITECTURE_FLAGS},
+                 **requested}
+  for name, value in requested.items():
+    if value != getattr(config, name):
+      raise ValueError(
+          f'--{name}={value}' + (f' (from --preset={FLAGS.preset})'
+                                 if not FLAGS[name].present else '') +
+          f': the model in {model_dir} has {name}={getattr(config, name)!r} '
+          '(config.json); eval.py evaluates the model as it was trained. Drop the flag.')
+
+
+def _output_paths(model_dir):
+  """(path, is a directory) of everything eval.py will write."""
+  paths = [(os.path.join(model_dir, 'eval_results.json'), False),
+           (os.path.join(model_dir, 'eval'), True)]
+  if FLAGS.figures or FLAGS.ood_dataset:
+    paths.append((os.path.join(model_dir, 'figures'), True))
+  if FLAGS.scores_file:
+    paths.append((FLAGS.scores_file, False))
+  if FLAGS.export_dir:
+    paths.append((os.path.dirname(os.path.abspath(FLAGS.export_dir)), True))
+  return paths
+
+
 def _evaluate(model_dir, checkpoint, strategy):
+  config = checkpoints.read_config(model_dir)
+  if config is not None:  # Else restore_model says that there is no model.
+    _refuse_architecture_flags(config, model_dir)
+    for path, is_directory in _output_paths(model_dir):
+      checkpoints.check_writable(path, is_directory)
   model, step, checkpoint = checkpoints.restore_model(
       model_dir, best_checkpoint.resolve_checkpoint(model_dir, checkpoint), strategy)
   source = _data_source(model_dir)
+  ood_source = _ood_source(model.config) if FLAGS.ood_dataset else None
   evaluator = Evaluator(model, strategy, FLAGS.batch_size,
                         dequant_samples=FLAGS.dequant_samples, seed=FLAGS.seed)
   evaluation = evaluator(source, FLAGS.eval_examples or None)
   results = evaluation.summary()
-  writers = summaries.SummaryWriters(model_dir, enabled=True)
-  if FLAGS.scores_file:
-    write_scores(evaluation, FLAGS.scores_file, source.eval.names)
-    results['scores_file'] = os.path.abspath(FLAGS.scores_file)
-  if FLAGS.ood_dataset:
-    results['ood'] = _out_of_distribution(evaluator, evaluation, source, model_dir,
-                                          step, writers)
   results.update(checkpoint_step=step, checkpoint=checkpoint,
                  replicas=strategy.num_replicas_in_sync,
                  dataset=source.name, split=source.eval_split_name,
                  dequantization=model.config.dequantization)
-  checkpoints.write_atomically(os.path.join(model_dir, 'eval_results.json'),
-                               json.dumps(results, indent=2))
-  writers.scalars('eval', step, {
-      'bits_per_dim': results['bits_per_dim'],
-      'bits_per_dim_iw': results['bits_per_dim_iw']})
+  # The result first: whatever the disk does next, it is not lost.
   print(f"{source.name} {source.eval_split_name}, step {step}, "
         f"{results['num_examples']} images × {FLAGS.dequant_samples} "
         f"{model.config.dequantization} dequantization draw(s): bound "
         f"{results['bits_per_dim']:.4f} ± {results['std_error']:.4f}, "
         f"importance-weighted {results['bits_per_dim_iw']:.4f} ± "
-        f"{results['std_error_iw']:.4f} bits/dim")
+        f"{results['std_error_iw']:.4f} bits/dim", flush=True)
+  writers = summaries.SummaryWriters(model_dir, enabled=True)
+  if FLAGS.scores_file:
+    write_scores(evaluation, FLAGS.scores_file, source.eval.names)
+    results['scores_file'] = os.path.abspath(FLAGS.scores_file)
+  if ood_source is not None:
+    results['ood'] = _out_of_distribution(evaluator, evaluation, source, ood_source,
+                                          model_dir, step, writers)
+  checkpoints.write_atomically(os.path.join(model_dir, 'eval_results.json'),
+                               json.dumps(results, indent=2))
+  writers.scalars('eval', step, {
+      'bits_per_dim': results['bits_per_dim'],
+      'bits_per_dim_iw': results['bits_per_dim_iw']})
   if FLAGS.figures:
     _write_figures(model, source, model_dir, step, writers)
   if FLAGS.export_dir:
@@ -152,6 +197,13 @@ def main(argv):
   except (data.DataError, FileNotFoundError, ValueError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')
+  except checkpoints.STORAGE_ERRORS as error:  # After the check: the disk changed.
+    where = getattr(error, 'filename', None) or model_dir
+    message = (f'Writing {where} failed ({checkpoints.error_summary(error)}); the '
+               'results printed above are complete. Fix the path (space, '
+               'permissions) or choose another, and run again for the files.')
+    logging.error('%s', message)
+    sys.exit(f'Error: {message}')
 
 
 if __name__ == '__main__':

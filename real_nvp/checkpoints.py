@@ -32,7 +32,7 @@ __all__ = ['ModelDirError', 'CheckpointMismatch', 'StorageError',
            'verify_readable', 'restore_model', 'clean_temporary_files',
            'write_run_settings', 'read_data_settings', 'export_atomically',
            'STORAGE_ERRORS', 'watch_checkpoints', 'quarantine', 'error_summary',
-           'is_disk_full', 'write_atomically']
+           'is_disk_full', 'write_atomically', 'check_writable']
 
 CONFIG_FILE = 'config.json'
 DATA_FILE = 'data.json'
@@ -274,6 +274,28 @@ def quarantine(model_dir, path, reason, prefix=''):
 
 
 # --- run settings -----------------------------------------------------------------
+
+
+def check_writable(path, is_directory=False):
+  """Raises StorageError, naming `path`, unless a file can be written there
+  (a directory: created if missing). Probes by writing, which permission bits
+  alone do not tell (root, read-only mounts, full disks)."""
+  directory = path if is_directory else os.path.dirname(os.path.abspath(path))
+  problem = None
+  if not is_directory and os.path.isdir(path):
+    problem = 'it is a directory'
+  else:
+    probe = os.path.join(directory, f'.write-probe-{os.getpid()}')
+    try:
+      os.makedirs(directory, exist_ok=True)
+      with open(probe, 'w') as f:
+        f.write('x')
+      os.remove(probe)
+    except OSError as error:
+      problem = error.strerror or str(error)
+  if problem:
+    raise StorageError(f'Cannot write {path} ({problem}); nothing was done. Choose '
+                       'another path, or fix the directory (permissions, space).')
 
 
 def write_atomically(path, text):

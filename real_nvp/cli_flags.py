@@ -16,7 +16,8 @@ from real_nvp import config as config_lib
 from real_nvp import data, distribute
 from real_nvp.dequantization import DEQUANTIZERS
 
-__all__ = ['define_flags', 'flow_config', 'train_config', 'model_dir', 'DATA_FLAGS']
+__all__ = ['define_flags', 'flow_config', 'train_config', 'model_dir', 'DATA_FLAGS',
+           'ARCHITECTURE_FLAGS']
 
 DATA_FLAGS = ('dataset', 'data_dir', 'image_size', 'image_channels')
 
@@ -60,7 +61,7 @@ def define_flags():
                        'Variational dequantizer: residual blocks of its networks.')
 
 
-_ARCHITECTURE_FLAGS = ('num_scales', 'num_blocks', 'feature_maps',
+ARCHITECTURE_FLAGS = ('num_scales', 'num_blocks', 'feature_maps',
                        'flow_batch_norm', 'bn_momentum', 'bn_lag', 'alpha',
                        'dequantization', 'dequant_couplings',
                        'dequant_feature_maps', 'dequant_blocks')
@@ -101,7 +102,7 @@ def flow_config(source, flag_values=flags.FLAGS):
   """FlowConfig for `source`: preset, then explicit architecture flags."""
   name = flag_values.preset or source.preset
   base = config_lib.PRESETS[name] if name else _default_config(source)
-  overrides = {f: flag_values[f].value for f in _ARCHITECTURE_FLAGS
+  overrides = {f: flag_values[f].value for f in ARCHITECTURE_FLAGS
                if flag_values[f].value is not None}
   return base.replace(image_shape=source.image_shape, levels=source.levels,
                       **overrides)

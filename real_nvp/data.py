@@ -115,7 +115,7 @@ def _load_npz(path, name, preset=None):
       arrays = {key: data[key] for key in data.files}
   except (OSError, ValueError) as error:
     raise DataError(f'{name}: cannot read {path} as .npz: {error}') from None
-  levels = int(arrays.get('levels', 256))
+  levels = _levels(arrays.get('levels', np.array(256)), f'{path}[levels]')
   if 'train' in arrays and 'test' in arrays:
     train = _check_images(arrays['train'], f'{path}[train]')
     held_out = _check_images(arrays['test'], f'{path}[test]')
@@ -127,6 +127,18 @@ def _load_npz(path, name, preset=None):
     raise DataError(f'{name}: {path} must hold arrays `train` and `test`, or '
                     f'`images`; it holds {sorted(arrays)}')
   return in_memory_source(name, train, held_out, levels, split_name, preset)
+
+
+def _levels(value, where):
+  """The scalar integer number of pixel levels stored at `where`."""
+  value = np.asarray(value)
+  if value.shape != () or value.dtype.kind not in 'iu':
+    raise DataError(f'{where} must be a scalar integer (the number of pixel '
+                    f'levels, 2 to 256); it is {value.dtype.name} of shape '
+                    f'{list(value.shape)}: {str(value)[:40]}')
+  if not 2 <= int(value) <= 256:
+    raise DataError(f'{where} must be between 2 and 256 (uint8 pixels); it is {int(value)}')
+  return int(value)
 
 
 def _load_folder(path, name, image_size, channels):

@@ -13,13 +13,14 @@ colour of the nearest data point.
 
 import math
 import os
+import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from real_nvp import hardware
+from real_nvp import checkpoints, hardware
 from real_nvp.batch_norm import FlowBatchNorm
 from real_nvp.coupling import Coupling
 
@@ -137,12 +138,21 @@ def main(argv):
   del argv
   flags_ = flags.FLAGS
   hardware.log_platform()
+  try:
+    checkpoints.check_writable(flags_.out)
+  except checkpoints.StorageError as error:
+    sys.exit(f'Error: {error}')
   points, colour = two_moons(flags_.points, flags_.seed)
   flow = train_toy(points, flags_.steps, seed=flags_.seed)
   nll = -float(tf.reduce_mean(flow.log_prob(tf.constant(points))))
   prior_nll = -float(np.mean(np.sum(-0.5 * points ** 2 - 0.5 * math.log(2 * math.pi), axis=1)))
-  print(f'NLL per point: flow {nll:.3f} nats, unit Gaussian {prior_nll:.3f} nats; '
-        f'figure: {figure_one(flow, points, colour, flags_.out)}')
+  print(f'NLL per point: flow {nll:.3f} nats, unit Gaussian {prior_nll:.3f} nats',
+        flush=True)
+  try:
+    print(f'Figure: {figure_one(flow, points, colour, flags_.out)}')
+  except OSError as error:  # The path was writable at the start.
+    sys.exit(f'Error: writing {flags_.out} failed ({error.strerror or error}); '
+             'the numbers above are complete.')
 
 
 if __name__ == '__main__':

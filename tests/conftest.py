@@ -47,3 +47,19 @@ def perturb(layer_or_model, scale=0.3, seed=0):
   for variable in layer_or_model.trainable_variables:
     value = variable.numpy()
     variable.assign(value + scale * rng.standard_normal(value.shape))
+
+
+TINY = dict(num_scales=1, num_blocks=1, feature_maps=4)
+
+
+def tiny_trainer(model_dir, steps, checkpoint_every=2, **train):
+  """A Trainer of a tiny digits model on one device, evaluating on 16 images."""
+  from real_nvp import data, distribute, preset
+  from real_nvp.config import TrainConfig
+  from real_nvp.train_lib import Trainer
+  config = TrainConfig(**{
+      'train_steps': steps, 'batch_size': 16, 'eval_every': 0, 'eval_examples': 16,
+      'checkpoint_every': checkpoint_every, 'num_samples': 4, 'log_every_secs': 1000.,
+      **train})
+  return Trainer(distribute.get_strategy('one_device'), data.load_dataset('digits'),
+                 preset('digits', **TINY), config, str(model_dir))

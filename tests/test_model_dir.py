@@ -15,24 +15,13 @@ from real_nvp.checkpoints import ModelDirError, StorageError
 from real_nvp.model_dir_lock import ModelDirLock
 from real_nvp.config import TrainConfig
 from real_nvp.train_lib import Trainer, TrainingDiverged
+from conftest import TINY, tiny_trainer as _trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(num_scales=1, num_blocks=1, feature_maps=4)
-
-
 def _env():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   env.pop('TF_CONFIG', None)
   return env
-
-
-def _trainer(model_dir, steps, checkpoint_every=2, **train):
-  config = TrainConfig(**{
-      'train_steps': steps, 'batch_size': 16, 'eval_every': 0, 'eval_examples': 16,
-      'checkpoint_every': checkpoint_every, 'num_samples': 4, 'log_every_secs': 1000.,
-      **train})
-  return Trainer(distribute.get_strategy('one_device'), data.load_dataset('digits'),
-                 preset('digits', **TINY), config, str(model_dir))
 
 
 def _dead_pid():
