@@ -236,7 +236,8 @@ _LOADER = textwrap.dedent('''
            'sample_many': lambda: model.sample(num_samples=10 ** 6, temperature=1.0, seed=0),
            'temperature_inf': lambda: model.sample(num_samples=2, temperature=float('inf'), seed=0),
            'temperature_negative': lambda: model.sample(num_samples=2, temperature=-1.0, seed=0),
-           'iw_zero': lambda: model.bits_per_dim_iw(images=images, seed=0, num_samples=0)}
+           'iw_zero': lambda: model.bits_per_dim_iw(images=images, seed=0, num_samples=0),
+           'iw_many': lambda: model.bits_per_dim_iw(images=images, seed=0, num_samples=10 ** 6)}
     for name, call in bad.items():
       try:
         call()
@@ -290,7 +291,8 @@ def test_saved_model_loads_and_scores_without_the_project(run, request, tmp_path
       'encode_range': 'images must be < levels=17', 'decode_nan': 'latents must be finite',
       'sample_zero': 'num_samples must be >= 1', 'sample_many': 'num_samples must be <= 16384',
       'temperature_inf': 'temperature must be finite',
-      'temperature_negative': 'temperature must be >= 0', 'iw_zero': 'num_samples must be >= 1'}
+      'temperature_negative': 'temperature must be >= 0', 'iw_zero': 'num_samples must be >= 1',
+      'iw_many': 'num_samples must be <= 65536 per call'}
   for name, message in expected_errors.items():
     assert message in (out['errors'][name] or ''), (name, out['errors'][name])
   assert out['empty'] == [[0], [0, 8, 8, 1], [0]]
@@ -342,3 +344,62 @@ def test_scores_of_a_folder_name_its_files(tmp_path):
   assert rows[0] == 'index,name,bits_per_dim'
   assert rows[1].split(',')[1] == source.eval.names[0]
   assert all(name.startswith('img') and name.endswith('.png') for name in source.eval.names)
+
+
+def _eval_py(model_dir, *args, prelude=None):
+  """eval.py in a subprocess; `prelude`: Python run first (to inject a fault)."""
+  command = ([sys.executable, '-c', prelude + '\nimport runpy, sys\n'
+              "sys.argv = ['eval.py'] + sys.argv[1:]\n"
+              "runpy.run_path('eval.py', run_name='__main__')"] if prelude else
+             [sys.executable, 'eval.py'])
+  return subprocess.run(command + [f'--model_dir={model_dir}', '--nofigures', *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+
+
+def _one_line_error(result, *fragments):
+  assert result.returncode != 0
+  errors = [line for line in result.stderr.splitlines() if line.startswith('Error: ')]
+  assert len(errors) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+
+
+@pytest.mark.parametrize('case', ['scores_is_a_folder', 'other_dequantization',
+                                  'ood_of_another_shape', 'too_many_draws'])
+def test_eval_py_refuses_what_it_cannot_do_before_evaluating(trained, tmp_path, case):
+  model_dir, _, _ = trained
+  if case == 'ood_of_another_shape':
+    np.savez(tmp_path / 'small.npz', images=np.zeros([20, 4, 4, 1], np.uint8),
+             levels=np.array(17))
+  flag, fragments = {
+      'scores_is_a_folder': (f'--scores_file={tmp_path}',
+                             [f'Cannot write {tmp_path}', 'it is a directory']),
+      'other_dequantization': ('--dequantization=variational',
+                               ["--dequantization=variational", "dequantization='uniform'"]),
+      'ood_of_another_shape': (f'--ood_dataset=npz:{tmp_path}/small.npz',
+                               ['shape (4, 4, 1)', '(8, 8, 1)']),
+      'too_many_draws': ('--dequant_samples=100000', ['65536']),
+  }[case]
+  result = _eval_py(model_dir, flag)
+  if case == 'too_many_draws':  # absl's flag check: a usage line, not a traceback
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert all(f in result.stderr for f in fragments)
+  else:
+    _one_line_error(result, *fragments)
+  assert 'bits/dim' not in result.stdout  # refused before evaluating
+
+
+def test_eval_py_prints_its_result_before_a_storage_fault(trained, tmp_path):
+  model_dir, _, _ = trained
+  scores = tmp_path / 'scores.csv'
+  prelude = textwrap.dedent(f'''
+      import errno
+      import real_nvp.evaluation
+      def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, 'Read-only file system', {str(scores)!r})
+      real_nvp.evaluation.write_scores = read_only''')
+  result = _eval_py(model_dir, f'--scores_file={scores}', prelude=prelude)
+  assert 'bound' in result.stdout and 'bits/dim' in result.stdout
+  _one_line_error(result, f'Writing {scores} failed', 'Read-only file system',
+                  'results printed above are complete')
