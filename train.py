@@ -82,7 +82,14 @@ def _export(trainer, export_dir):
   if trainer.cfg.export_checkpoint == 'best' and best is not None:
     path, step, _ = best
     weights = tf.train.Checkpoint(model_weights=checkpoints.model_weights(trainer.model))
-    checkpoints.read_checkpoint(weights, path).expect_partial()
+    try:
+      checkpoints.read_checkpoint(weights, path).expect_partial()
+    except checkpoints.ModelDirError as error:  # Damaged during this run.
+      raise checkpoints.ModelDirError(
+          f'{error} The SavedModel was not written. Run the same command again '
+          '(it moves the damaged best aside and re-evaluates), or export the last '
+          f'weights: `python eval.py --model_dir={trainer.model_dir} '
+          f'--export_dir={export_dir} --figures=false`.') from None
     logging.info('Exporting the best checkpoint, %s (step %d).', path, step)
   which = ' --checkpoint=best' if trainer.cfg.export_checkpoint == 'best' else ''
   try:

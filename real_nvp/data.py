@@ -322,8 +322,18 @@ def _epoch_stream(split, seed, shuffle_buffer):
   stored = split.dataset_fn()
 
   def epoch(e):
-    return stored.shuffle(shuffle_buffer, seed=seed * 1_000_003 + e,
-                          reshuffle_each_iteration=False)
+    # The order must be a function of (seed, e) alone. TF pairs an op's seed
+    # with the global one (tf.random.set_seed, which the trainer calls for
+    # the initial weights) and, when that is 0, compares the pair with (0, 0)
+    # in Python, which a tensor seed cannot answer; so the graph's global
+    # seed is left out here.
+    graph = tf.compat.v1.get_default_graph()
+    global_seed, graph.seed = graph.seed, None
+    try:
+      return stored.shuffle(shuffle_buffer, seed=seed * 1_000_003 + e,
+                            reshuffle_each_iteration=False)
+    finally:
+      graph.seed = global_seed
   return epoch
 
 
