@@ -19,8 +19,10 @@ batch part only; this lets the flow train on very small batches.
 Inference mode and `decode` use the moving averages: a fixed bijection.
 """
 
+import numpy as np
 import tensorflow as tf
 
+from real_nvp.coding import AffineMap
 from real_nvp.flow_layer import FlowLayer
 
 __all__ = ['FlowBatchNorm', 'batch_moments']
@@ -111,6 +113,15 @@ class FlowBatchNorm(FlowLayer):
     self._check_built()
     log_var = tf.math.log(self.moving_variance + self.epsilon)
     return y * tf.exp(0.5 * log_var) + self.moving_mean, self._log_det(y, log_var, 1.)
+
+  def coding_map(self, x, context=None):
+    """y = (x - mean) / sqrt(var + eps) with the moving averages, per channel."""
+    del context
+    mean = self.moving_mean.numpy().astype(np.float64)
+    scale = np.exp(-0.5 * np.log(self.moving_variance.numpy().astype(np.float64) +
+                                 self.epsilon))
+    shape = tuple(x.shape)
+    return AffineMap(np.broadcast_to(scale, shape), np.broadcast_to(-mean * scale, shape))
 
   def get_config(self):
     return {**super().get_config(), 'momentum': self.momentum,

@@ -15,6 +15,10 @@ The affine transform gives the paper's y_b = x_b * exp(s) + t with
 log-det sum(s). Partitions: partition.py; transforms: transforms.py.
 """
 
+import numpy as np
+import tensorflow as tf
+
+from real_nvp.coding import AffineMap
 from real_nvp.flow_layer import FlowLayer
 from real_nvp.partition import make_partition
 from real_nvp.st_network import STNetwork
@@ -80,6 +84,20 @@ class Coupling(FlowLayer):
     raw = self._params(y, context, training=False)
     x_b, log_det = self.transform.inverse(self.partition.transformed_part(y), raw)
     return self.partition.merge(y, x_b), log_det
+
+  def coding_conditioning(self, event_shape):
+    return self.partition.kept_mask(event_shape)
+
+  def coding_map(self, x, context=None):
+    """y_b = x_b exp(s) + t as an exact element-wise map (inference mode);
+    the identity on the kept dimensions, from which s and t are computed."""
+    raw = self._params(x, context, training=False)
+    log_scale, shift = self.transform.affine_parameters(raw)
+    zeros = tf.zeros_like(x)
+    log_scale, shift = (self.partition.merge(zeros, log_scale).numpy(),
+                        self.partition.merge(zeros, shift).numpy())
+    return AffineMap(np.exp(log_scale.astype(np.float64)), shift.astype(np.float64),
+                     conditioning=self.partition.kept_mask(x.shape[1:]))
 
   def regularized_weights(self):
     return self.st_net.gains

@@ -10,7 +10,8 @@ the *latent* side is the Gaussian side.
   mode: the flow is a fixed bijection only with frozen statistics.
 
 The TFP wrappers in `bijectors.py` map `decode` to a bijector's `forward`
-(generative, TFP's convention) and `call` to its `inverse`.
+(generative, TFP's convention) and `call` to its `inverse`. `coding_map`
+describes the layer to the lossless coder (compression.py).
 """
 
 import keras
@@ -42,6 +43,20 @@ class FlowLayer(keras.layers.Layer):
   def flops_per_example(self):
     """Analytic forward FLOPs of the layer's networks for one example; 0 by default."""
     return 0
+
+  def coding_conditioning(self, event_shape):
+    """bool [H, W, C]: the elements `coding_map` depends on (coded first, by
+    the identity); None when the map depends on none."""
+    del event_shape
+
+  def coding_map(self, x, context=None):
+    """How lossless coding (coding.py, compression.py) moves each value from
+    the data side to the latent side, in inference mode: an `AffineMap` or
+    `MonotoneMap` (element-wise given what the layer conditions on, named by
+    the map's `conditioning` mask) or a `Permutation`. `x`: the data side
+    [B, H, W, C] as float, exact on the kept dimensions at least."""
+    raise TypeError(f'{type(self).__name__} ({self.name}) defines no coding_map, '
+                    'so a model that holds it cannot compress images.')
 
   def _check_built(self):
     if not self.built:

@@ -16,6 +16,7 @@ transform applied to x_b (see `transforms.py`). Channels-last tensors
 Both are the masked form y = b * x + (1 - b) * T(x; net(b * x)).
 """
 
+import numpy as np
 import tensorflow as tf
 
 from real_nvp import masks
@@ -42,6 +43,10 @@ class CheckerboardPartition(_Partition):
   def build(self, input_shape, dtype):
     height, width = input_shape[1:3]
     self._mask = tf.constant(masks.checkerboard(height, width, self.parity, dtype))
+
+  def kept_mask(self, event_shape):
+    """bool [H, W, C]: the kept dimensions."""
+    return np.broadcast_to(self._mask.numpy() > 0.5, tuple(event_shape)).copy()
 
   @property
   def mask(self):
@@ -82,6 +87,12 @@ class ChannelPartition(_Partition):
 
   def transformed_channels(self, channels):
     return channels // 2
+
+  def kept_mask(self, event_shape):
+    """bool [H, W, C]: the kept dimensions."""
+    channels = event_shape[-1]
+    first = np.arange(channels) < channels // 2
+    return np.broadcast_to(first if self.parity == 0 else ~first, tuple(event_shape)).copy()
 
   def _split(self, x):
     first, second = tf.split(x, 2, axis=-1)

@@ -15,8 +15,10 @@ u, w: [B, H, W, C]; log-dets: [B].
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
+from real_nvp.coding import MonotoneMap
 from real_nvp.flow_layer import FlowLayer
 
 __all__ = ['LogitPreprocess', 'quantize']
@@ -60,6 +62,23 @@ class LogitPreprocess(FlowLayer):
     u = (tf.sigmoid(w) - self.alpha) / (1. - self.alpha) * self.levels
     log_det = log_p + log_1mp - self._log_det_offset
     return u, tf.reduce_sum(log_det, axis=[1, 2, 3])
+
+  def coding_map(self, u, context=None):
+    """w = logit(alpha + (1 - alpha) u / L) on [0, L), in float64. w is
+    infinite at u = L: the latent side is cut at logit(1 - 2^-40), far
+    beyond any cell below L at the grids coding uses."""
+    del u, context
+    alpha, levels = self.alpha, self.levels
+
+    def forward(u):
+      p = alpha + (1. - alpha) * u / levels
+      return np.log(p) - np.log1p(-p)
+
+    def inverse(w):
+      return (1. / (1. + np.exp(-w)) - alpha) / (1. - alpha) * levels
+
+    return MonotoneMap(forward, inverse, 0., float(levels), float(forward(0.)),
+                       float(np.log(2. ** 40 - 1.)))
 
   def get_config(self):
     return {**super().get_config(), 'levels': self.levels, 'alpha': self.alpha}

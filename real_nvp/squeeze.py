@@ -8,6 +8,7 @@ so a channel mask after the squeeze splits every checkerboard colour in two
 
 import tensorflow as tf
 
+from real_nvp.coding import Permutation
 from real_nvp.flow_layer import FlowLayer
 
 __all__ = ['Squeeze']
@@ -30,6 +31,11 @@ class Squeeze(FlowLayer):
   def decode(self, y):
     return tf.nn.depth_to_space(y, 2), tf.zeros(tf.shape(y)[:1], y.dtype)
 
+  def coding_map(self, x, context=None):
+    """The squeeze moves values only: space_to_depth of numpy [B, H, W, C]."""
+    del x, context
+    return Permutation(space_to_depth, depth_to_space)
+
   def encoded_shape(self, data_shape):
     height, width, channels = data_shape
     return [_div(height, 2), _div(width, 2), _mul(channels, 4)]
@@ -45,3 +51,17 @@ def _div(size, factor):
 
 def _mul(size, factor):
   return None if size is None else size * factor
+
+
+def space_to_depth(x):
+  """tf.nn.space_to_depth(x, 2) of a numpy array (any dtype, Python ints too)."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(
+      b, h // 2, w // 2, 4 * c)
+
+
+def depth_to_space(x):
+  """tf.nn.depth_to_space(x, 2) of a numpy array."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h, w, 2, 2, c // 4).transpose(0, 1, 3, 2, 4, 5).reshape(
+      b, 2 * h, 2 * w, c // 4)

@@ -8,7 +8,8 @@ To add a transform: subclass `ElementwiseTransform`, set `num_params` (raw
 network channels per transformed channel), define `build(channels)`,
 `forward(x, raw) -> (y, log|det dy/dx|)` and
 `inverse(y, raw) -> (x, log|det dx/dy|)` (raw: [B, H, W, num_params * c]),
-and register it in `TRANSFORMS`.
+and register it in `TRANSFORMS`. Lossless coding (coding.py) asks the
+transform for `affine_parameters(raw) -> (s, t)`, y = x * exp(s) + t.
 """
 
 import keras
@@ -43,6 +44,11 @@ class AffineTransform(ElementwiseTransform):
   def _log_scale_and_shift(self, raw):
     raw_s, shift = tf.split(raw, 2, axis=-1)
     return self.log_scale_factor * tf.tanh(raw_s), shift
+
+  def affine_parameters(self, raw):
+    """(s, t) of y = x * exp(s) + t: lossless coding treats the transform as
+    this element-wise affine map (coding.py)."""
+    return self._log_scale_and_shift(raw)
 
   def forward(self, x, raw):
     log_scale, shift = self._log_scale_and_shift(raw)
