@@ -49,18 +49,6 @@ flags.DEFINE_string('ood_dataset', None,
 FLAGS = flags.FLAGS
 
 
-def _data_source(model_dir):
-  """The training run's data set (data.json), unless flags name another."""
-  settings = {name: FLAGS[name].value for name in cli_flags.DATA_FLAGS}
-  stored = checkpoints.read_data_settings(model_dir)
-  settings.update({k: v for k, v in stored.items() if not FLAGS[k].present})
-  source = data.load_dataset(settings['dataset'], settings['data_dir'],
-                             settings['image_size'], settings['image_channels'])
-  if FLAGS.split == 'train':
-    source.eval, source.eval_split_name = source.train, 'train'
-  return source
-
-
 def _write_figures(model, source, model_dir, step, writers):
   held_out = next(iter(data.eval_dataset(source, 8)))
   pictures = {f'samples_t{float(t):g}': figures.sample_grid(model, float(t), seed=FLAGS.seed)
@@ -145,7 +133,7 @@ def _evaluate(model_dir, checkpoint, strategy):
       checkpoints.check_writable(path, is_directory)
   model, step, checkpoint = checkpoints.restore_model(
       model_dir, best_checkpoint.resolve_checkpoint(model_dir, checkpoint), strategy)
-  source = _data_source(model_dir)
+  source = cli_flags.run_data_source(model_dir, FLAGS.split)
   ood_source = _ood_source(model.config) if FLAGS.ood_dataset else None
   evaluator = Evaluator(model, strategy, FLAGS.batch_size,
                         dequant_samples=FLAGS.dequant_samples, seed=FLAGS.seed)

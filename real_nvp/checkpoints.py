@@ -32,7 +32,7 @@ __all__ = ['ModelDirError', 'CheckpointMismatch', 'StorageError',
            'verify_readable', 'restore_model', 'clean_temporary_files',
            'write_run_settings', 'read_data_settings', 'export_atomically',
            'STORAGE_ERRORS', 'watch_checkpoints', 'quarantine', 'error_summary',
-           'is_disk_full', 'write_atomically', 'check_writable']
+           'is_disk_full', 'write_atomically', 'write_bytes_atomically', 'check_writable']
 
 CONFIG_FILE = 'config.json'
 DATA_FILE = 'data.json'
@@ -300,10 +300,20 @@ def check_writable(path, is_directory=False):
 
 def write_atomically(path, text):
   """Writes `text` to `path` through a temporary file and a rename."""
+  write_bytes_atomically(path, text.encode())
+
+
+def write_bytes_atomically(path, data):
+  """Writes `data` to `path` through a temporary file and a rename."""
   temporary = f'{path}.tmp-{os.getpid()}'
-  with open(temporary, 'w') as f:
-    f.write(text)
-  os.replace(temporary, path)
+  try:
+    with open(temporary, 'wb') as f:
+      f.write(data)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
 
 
 def write_run_settings(model_dir, flags_text, data_settings):

@@ -13,11 +13,11 @@ import os
 from absl import flags
 
 from real_nvp import config as config_lib
-from real_nvp import data, distribute
+from real_nvp import checkpoints, data, distribute
 from real_nvp.dequantization import DEQUANTIZERS
 
 __all__ = ['define_flags', 'flow_config', 'train_config', 'model_dir', 'DATA_FLAGS',
-           'ARCHITECTURE_FLAGS']
+           'ARCHITECTURE_FLAGS', 'run_data_source']
 
 DATA_FLAGS = ('dataset', 'data_dir', 'image_size', 'image_channels')
 
@@ -119,6 +119,20 @@ def _default_config(source):
   return config_lib.FlowConfig(source.image_shape, levels=source.levels,
                                num_scales=num_scales, num_blocks=4,
                                feature_maps=32)
+
+
+def run_data_source(model_dir, split='eval', flag_values=flags.FLAGS):
+  """The data set a run in `model_dir` trained on (its data.json), unless the
+  data flags name another; `split='train'` puts the training split where the
+  held-out one is (to score or code it)."""
+  settings = {name: flag_values[name].value for name in DATA_FLAGS}
+  stored = checkpoints.read_data_settings(model_dir)
+  settings.update({k: v for k, v in stored.items() if not flag_values[k].present})
+  source = data.load_dataset(settings['dataset'], settings['data_dir'],
+                             settings['image_size'], settings['image_channels'])
+  if split == 'train':
+    source.eval, source.eval_split_name = source.train, 'train'
+  return source
 
 
 def train_config(flag_values=flags.FLAGS):
