@@ -300,8 +300,12 @@ class Compressor:
         [np.full(factored.shape, k, np.int64), self._grids(index + 1, rest, k)], -1))
 
   def _encode_prior(self, stream, z, k_z):
-    """z (integers at grids k_z) under N(0, I): the bits below each bin
-    (uniform chunks), then the bins (categorical)."""
+    """z (integers at grids k_z) under N(0, I): the bins (categorical),
+    then the bits below them (uniform chunks), the lowest last. The next
+    image takes its first bits back from the top of the stack: the lowest
+    bits of z are the most nearly uniform (the bins follow the data's z,
+    which is only roughly Gaussian), so its noise is close to a draw of q
+    (measured: 1.8 % shorter files on the digits than bins on top)."""
     bits = self.precisions.prior_bins
     flat, grids = list(z.ravel()), [int(k) for k in k_z.ravel()]
     bins = [v >> (k - bits) for v, k in zip(flat, grids)]
@@ -309,19 +313,19 @@ class Compressor:
     if min(symbols) < 0 or max(symbols) >= len(self._prior):
       raise CodingError(f'A latent value is outside [-{PRIOR_RANGE}, {PRIOR_RANGE}).')
     below = [v - (b << (k - bits)) for v, b, k in zip(flat, bins, grids)]
-    for index, counts in _chunks(grids, bits):
+    stream.encode_categorical(symbols, self._prior)
+    for index, counts in reversed(list(_chunks(grids, bits))):
       stream.encode_uniform([(below[p] >> (_CHUNK_BITS * index)) & (counts[i] - 1)
                              for i, p in enumerate(counts.positions)], counts)
-    stream.encode_categorical(symbols, self._prior)
 
   def _decode_prior(self, stream, k_z):
     bits = self.precisions.prior_bins
     grids = [int(k) for k in k_z.ravel()]
-    symbols = stream.decode_categorical(self._prior, len(grids))
     below = [0] * len(grids)
-    for index, counts in reversed(list(_chunks(grids, bits))):
+    for index, counts in _chunks(grids, bits):
       for position, value in zip(counts.positions, stream.decode_uniform(counts)):
         below[position] += value << (_CHUNK_BITS * index)
+    symbols = stream.decode_categorical(self._prior, len(grids))
     values = [((int(s) - PRIOR_RANGE * 2 ** bits) << (k - bits)) + b
               for s, k, b in zip(symbols, grids, below)]
     return _array(values, k_z.shape)
