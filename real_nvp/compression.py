@@ -43,7 +43,8 @@ import numpy as np
 import tensorflow as tf
 
 from real_nvp import coding, hardware
-from real_nvp.coding import CodingError, Permutation, Stream, decode_step, encode_step
+from real_nvp.coding import (CodingError, Permutation, StackExhausted, Stream, decode_step,
+                             encode_step)
 from real_nvp.squeeze import Squeeze, depth_to_space, space_to_depth
 
 __all__ = ['Compressor', 'Precisions', 'CompressedFileError', 'read_header', 'MAGIC',
@@ -72,7 +73,7 @@ class Precisions:
   prior_bins: the prior's bins are 2^-prior_bins wide.
   """
   dequantization: int = 16
-  layer: int = 12
+  layer: int = 16
   prior_bins: int = 6
 
   def __post_init__(self):
@@ -132,16 +133,26 @@ class Compressor:
     num_dims, file_bits, header_bits, initial_bits)."""
     images = self._check_images(images)
     stream = Stream(encoding=True, seed=_CHAIN_SEED)
+    chain_starts = []
     for index, image in enumerate(images):
+      snapshot = stream.snapshot()
       stream.chain_start = index == 0
-      self._encode_image(stream, image[None])
+      try:
+        self._encode_image(stream, image[None])
+      except StackExhausted:  # It takes back more than the images before it left.
+        stream.restore(snapshot)
+        stream.chain_start = True
+        self._encode_image(stream, image[None])
+      if stream.chain_start:
+        chain_starts.append(index)
     header = _Header(self.precisions, self._fingerprint, _fingerprint(_platform()),
-                     images.shape[0], images.shape[1:], _checksum(images))
+                     images.shape[0], images.shape[1:], _checksum(images),
+                     tuple(chain_starts))
     data = header.to_bytes() + np.asarray(stream.words(), '<u4').tobytes()
     return data, {'num_images': int(images.shape[0]),
                   'num_dims': int(np.prod(images.shape[1:])),
                   'file_bits': 8 * len(data), 'header_bits': 8 * len(header.to_bytes()),
-                  'initial_bits': stream.initial_bits}
+                  'initial_bits': stream.initial_bits, 'chain_starts': len(chain_starts)}
 
   def decode(self, data, allow_platform_mismatch=False):
     """bytes -> uint8 images [N, H, W, C], checked against the header's checksum."""
@@ -152,7 +163,7 @@ class Compressor:
     images = np.zeros((header.num_images,) + header.image_shape, np.uint8)
     try:
       for index in reversed(range(header.num_images)):
-        stream.chain_start = index == 0
+        stream.chain_start = index in header.chain_starts
         images[index] = self._decode_image(stream, header.image_shape)[0]
       complete = stream.is_empty()
     except (CodingError, ValueError, RuntimeError, OverflowError) as error:
@@ -305,7 +316,7 @@ class Compressor:
     image takes its first bits back from the top of the stack: the lowest
     bits of z are the most nearly uniform (the bins follow the data's z,
     which is only roughly Gaussian), so its noise is close to a draw of q
-    (measured: 1.8 % shorter files on the digits than bins on top)."""
+    (the default digits run: 1.7 % shorter files than with the bins on top)."""
     bits = self.precisions.prior_bins
     flat, grids = list(z.ravel()), [int(k) for k in k_z.ravel()]
     bins = [v >> (k - bits) for v, k in zip(flat, grids)]
@@ -423,12 +434,15 @@ class _Header:
   num_images: int
   image_shape: tuple
   images_checksum: bytes
+  chain_starts: tuple
 
   def to_bytes(self):
     p = self.precisions
+    gaps = np.diff((-1,) + self.chain_starts) - 1
     return (MAGIC + bytes([FORMAT_VERSION, p.dequantization, p.layer, p.prior_bins]) +
             self.model_fingerprint + self.platform_fingerprint +
-            _varints([self.num_images, *self.image_shape]) + self.images_checksum)
+            _varints([self.num_images, *self.image_shape, len(gaps), *gaps]) +
+            self.images_checksum)
 
 
 def read_header(data):
@@ -445,10 +459,12 @@ def read_header(data):
                                 'the one this code reads.')
     position += 4
     model, platform = data[position:position + 4], data[position + 4:position + 6]
-    values, position = _read_varints(data, position + 6, 4)
+    values, position = _read_varints(data, position + 6, 5)
+    gaps, position = _read_varints(data, position, values[4])
     checksum = data[position:position + 4]
     header = _Header(Precisions(*precisions), model, platform, values[0],
-                     tuple(values[1:]), checksum)
+                     tuple(values[1:4]), checksum,
+                     tuple(int(s) for s in np.cumsum(np.array(gaps, np.int64) + 1) - 1))
   except (ValueError, IndexError) as error:
     if isinstance(error, CompressedFileError):
       raise

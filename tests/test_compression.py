@@ -107,7 +107,7 @@ def test_a_squeeze_moves_values_only(models):
                                 values)
 
 
-def test_large_cells_split_into_two_symbols():
+def test_large_cells_are_coded_in_exact_parts():
   counts = [5, 2 ** 24 + 3, 2 ** 39 + 12345, 1, 2 ** 16 * 7 + 1]
   index = [4, 2 ** 24 + 2, 2 ** 39 + 777, 0, 2 ** 16 * 7]
   words = np.arange(1, 33, dtype=np.uint32)
