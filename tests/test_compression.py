@@ -133,6 +133,18 @@ def test_round_trip_is_lossless(models, dequantization, images):
   assert info['file_bits'] == 8 * len(blob) and info['initial_bits'] > 0
 
 
+def test_an_image_that_would_empty_the_stack_restarts_the_chain(models, monkeypatch):
+  """Forced: every image after the first finds the stack too short, so each
+  is coded as a start of the chain; the header lists them all."""
+  monkeypatch.setattr(coding, '_RESERVE_BITS', 10 ** 9)
+  batch = data.load_dataset('digits').eval.images[:3]
+  compressor = Compressor(models['uniform'])
+  blob, info = compressor.encode(batch)
+  assert info['chain_starts'] == 3
+  assert compression.read_header(blob)[0].chain_starts == (0, 1, 2)
+  np.testing.assert_array_equal(compressor.decode(blob), batch)
+
+
 def test_the_code_length_is_the_models_bits_per_dim(tmp_path):
   """Over a trained model's held-out images, the file without its initial
   bits is within 3 % of the model's bound (a Monte Carlo estimate too: the
