@@ -23,13 +23,13 @@ values come from a seeded generator, and their information is the one-time
 `initial_bits`. `Compressor.encode` returns the file; `decode` gives the
 images back and checks them against the hash in the header.
 
-File (every byte counts against bits/dim, so the header is binary, 23
-bytes for 8x8 images): the magic b'RNVZ', the format version, the three
-precisions (a byte each), 4 bytes of SHA-256 over the model's config and
-weights, 2 bytes of SHA-256 over the platform (TensorFlow version, CPU
-kernels, device), the number of images and H, W, C as LEB128 varints, 4
-bytes of SHA-256 over the images; then the ANS payload, little-endian uint32
-words. A wrong model is refused by its fingerprint; a truncated or damaged
+File (every byte counts against bits/dim, so the header is binary, 20
+bytes for 180 8x8 images): the magic b'RZ', the format version, the three
+precisions packed in 2 bytes, 4 bytes of SHA-256 over the model's config and
+weights, 1 byte of SHA-256 over the platform (TensorFlow version, CPU
+kernels, device), LEB128 varints of the number of images, H, W, C and the
+chain's restarts after image 0 (their count and gaps), 4 bytes of SHA-256
+over the images; then the ANS payload, little-endian uint32 words. A wrong model is refused by its fingerprint; a truncated or damaged
 file fails to decode or to match the images' checksum: either way one
 CompressedFileError, never wrong images.
 """
@@ -50,7 +50,7 @@ from real_nvp.squeeze import Squeeze, depth_to_space, space_to_depth
 __all__ = ['Compressor', 'Precisions', 'CompressedFileError', 'read_header', 'MAGIC',
            'FORMAT_VERSION']
 
-MAGIC = b'RNVZ'
+MAGIC = b'RZ'
 FORMAT_VERSION = 1
 _CHAIN_SEED = 0  # of the generator behind the first image's decoded values
 PRIOR_RANGE = 16  # |z| and |ε| below this
@@ -104,7 +104,7 @@ def _model_fingerprint(model):
 
 
 def _fingerprint(platform):
-  return hashlib.sha256(json.dumps(platform, sort_keys=True).encode()).digest()[:2]
+  return hashlib.sha256(json.dumps(platform, sort_keys=True).encode()).digest()[:1]
 
 
 def _checksum(images):
@@ -438,8 +438,9 @@ class _Header:
 
   def to_bytes(self):
     p = self.precisions
-    gaps = np.diff((-1,) + self.chain_starts) - 1
-    return (MAGIC + bytes([FORMAT_VERSION, p.dequantization, p.layer, p.prior_bins]) +
+    packed = p.dequantization | p.layer << 5 | p.prior_bins << 10  # 5 + 5 + 4 bits
+    gaps = np.diff(self.chain_starts) - 1  # the first start is image 0
+    return (MAGIC + bytes([FORMAT_VERSION]) + packed.to_bytes(2, 'little') +
             self.model_fingerprint + self.platform_fingerprint +
             _varints([self.num_images, *self.image_shape, len(gaps), *gaps]) +
             self.images_checksum)
@@ -453,18 +454,20 @@ def read_header(data):
                               f'with {MAGIC!r}).')
   position = len(MAGIC)
   try:
-    version, *precisions = data[position:position + 4]
+    version = data[position]
     if version != FORMAT_VERSION:
       raise CompressedFileError(f'Format version {version} is not {FORMAT_VERSION}, '
                                 'the one this code reads.')
-    position += 4
-    model, platform = data[position:position + 4], data[position + 4:position + 6]
-    values, position = _read_varints(data, position + 6, 5)
+    packed = int.from_bytes(data[position + 1:position + 3], 'little')
+    precisions = Precisions(packed & 31, packed >> 5 & 31, packed >> 10 & 15)
+    position += 3
+    model, platform = data[position:position + 4], data[position + 4:position + 5]
+    values, position = _read_varints(data, position + 5, 5)
     gaps, position = _read_varints(data, position, values[4])
     checksum = data[position:position + 4]
-    header = _Header(Precisions(*precisions), model, platform, values[0],
-                     tuple(values[1:4]), checksum,
-                     tuple(int(s) for s in np.cumsum(np.array(gaps, np.int64) + 1) - 1))
+    starts = np.cumsum([0] + [g + 1 for g in gaps])
+    header = _Header(precisions, model, platform, values[0], tuple(values[1:4]),
+                     checksum, tuple(int(s) for s in starts))
   except (ValueError, IndexError) as error:
     if isinstance(error, CompressedFileError):
       raise
