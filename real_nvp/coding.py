@@ -230,6 +230,7 @@ class Stream:
     self._rng = np.random.default_rng(seed)
     self.chain_start = False
     self.initial_bits = 0.
+    self.low_water = 0  # the fewest valid bits seen since it was last set
 
   # --- uniform indices of any count -------------------------------------------------
 
@@ -304,8 +305,15 @@ class Stream:
   # --- the stream ------------------------------------------------------------------------
 
   def _check_not_exhausted(self):
-    if self.encoding and self._ans.num_valid_bits() < _RESERVE_BITS:
+    if not self.encoding:
+      return
+    valid = self._ans.num_valid_bits()
+    self.low_water = min(self.low_water, valid)
+    if valid < _RESERVE_BITS:
       raise StackExhausted()
+
+  def valid_bits(self):
+    return self._ans.num_valid_bits()
 
   def snapshot(self):
     """The state to go back to (see `restore`)."""

@@ -130,19 +130,31 @@ class Compressor:
 
   def encode(self, images):
     """uint8 images [N, H, W, C] -> (file bytes, information: num_images,
-    num_dims, file_bits, header_bits, initial_bits)."""
+    num_dims, file_bits, header_bits, initial_bits, chain_starts).
+
+    An image that would take back more than the stack holds is coded again
+    as a start of the chain; the stack is copied before an image only while
+    it is short (below 4x the most any image has taken back), so the copies
+    do not grow with the data set."""
     images = self._check_images(images)
     stream = Stream(encoding=True, seed=_CHAIN_SEED)
-    chain_starts = []
+    chain_starts, most_taken = [], 0
     for index, image in enumerate(images):
-      snapshot = stream.snapshot()
+      before = stream.valid_bits()
+      snapshot = stream.snapshot() if before < 4 * most_taken + 1024 else None
       stream.chain_start = index == 0
+      stream.low_water, drawn = before, stream.initial_bits
       try:
         self._encode_image(stream, image[None])
       except StackExhausted:  # It takes back more than the images before it left.
+        if snapshot is None:
+          raise CodingError('An image took back far more bits than any before it.') \
+              from None
         stream.restore(snapshot)
         stream.chain_start = True
         self._encode_image(stream, image[None])
+      most_taken = max(most_taken, before - stream.low_water,
+                       int(stream.initial_bits - drawn))  # (a start draws instead)
       if stream.chain_start:
         chain_starts.append(index)
     header = _Header(self.precisions, self._fingerprint, _fingerprint(_platform()),
