@@ -130,7 +130,7 @@ class Trainer:
     self._value_unrecorded_best_checkpoints()
     stopped_at = self.best.early_stopped_at
     if stopped_at is not None:
-      if not self.cfg.train_past_early_stop:
+      if not self.cfg.train_past_early_stop and self.best.best is not None:
         best_step, best_bpd = self.best.best
         logging.info(
             'This run was ended by early stopping at step %d (best %.4f bits/dim at '
@@ -138,8 +138,9 @@ class Trainer:
             'continue it.', stopped_at, best_bpd, best_step)
         self.outcome = 'stopped_before'
         return None
-      logging.info('Continuing past the early stop at step %d '
-                   '(--train_past_early_stop).', stopped_at)
+      logging.info('Continuing past the early stop at step %d (%s).', stopped_at,
+                   '--train_past_early_stop' if self.cfg.train_past_early_stop else
+                   'its best checkpoint is gone')
       self.best.clear_early_stop()
     previous_handlers = {s: signal.signal(s, self._request_stop)
                          for s in (signal.SIGTERM, signal.SIGINT)}
