@@ -17,8 +17,8 @@ import sys
 from absl import app, flags, logging
 
 from real_nvp import config as config_lib
-from real_nvp import (best_checkpoint, checkpoints, cli_flags, data, distribute, export, figures,
-                      hardware, ood, summaries)
+from real_nvp import (best_checkpoint, checkpoints, cli_flags, data, distribute, export,
+                      figures, hardware, ood, summaries)
 from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
 from real_nvp.evaluation import Evaluator, write_scores
 
