@@ -29,9 +29,10 @@ precisions packed in 2 bytes, 4 bytes of SHA-256 over the model's config and
 weights, 1 byte of SHA-256 over the platform (TensorFlow version, CPU
 kernels, device), LEB128 varints of the number of images, H, W, C and the
 chain's restarts after image 0 (their count and gaps), 4 bytes of SHA-256
-over the images; then the ANS payload, little-endian uint32 words. A wrong model is refused by its fingerprint; a truncated or damaged
-file fails to decode or to match the images' checksum: either way one
-CompressedFileError, never wrong images.
+over the images; then the ANS payload, little-endian uint32 words. A wrong
+model is refused by its fingerprint; a truncated or damaged file fails to
+decode or to match the images' checksum: either way one CompressedFileError,
+never wrong images.
 """
 
 import dataclasses
