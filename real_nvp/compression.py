@@ -126,6 +126,7 @@ class Compressor:
     self.precisions = precisions
     self._prior = _gaussian_bins(precisions.prior_bins)
     self._fingerprint = _model_fingerprint(model)
+    self._squeeze = Squeeze(name='dequantizer_squeeze')  # around its channel couplings
 
   # --- the file -------------------------------------------------------------------------
 
@@ -364,15 +365,15 @@ class Compressor:
     steps = [(_SigmoidStep(), None, False)]
     if dequantizer.channel:
       squeezed = tf.nn.space_to_depth(context, 2)
-      steps.append((_SqueezeStep(), None, False))
+      steps.append((self._squeeze, None, False))
       steps += [(layer, squeezed, True) for layer in reversed(dequantizer.channel)]
-      steps.append((_SqueezeStep(inverse=True), None, False))
+      steps.append((self._squeeze, None, True))
     steps += [(layer, context, True) for layer in reversed(dequantizer.checkerboard)]
     return steps
 
   def _variational_grid(self, steps):
     return self.precisions.dequantization + self.precisions.layer * sum(
-        not isinstance(layer, _SqueezeStep) for layer, _, _ in steps)
+        not isinstance(layer, Squeeze) for layer, _, _ in steps)
 
   def _decode_variational(self, stream, image, pixels):
     """u ~ q(u|x) decoded from the stream (bits back): ε under N(0, I), then
@@ -404,21 +405,6 @@ class _SigmoidStep:
     return coding.MonotoneMap(
         lambda f: np.log(f) - np.log1p(-f), lambda v: 1. / (1. + np.exp(-v)),
         0., 1., -_SIGMOID_RANGE, _SIGMOID_RANGE)
-
-
-class _SqueezeStep:
-  """The dequantizer's squeeze (or unsqueeze) around its channel couplings."""
-
-  def coding_conditioning(self, event_shape):
-    del event_shape
-
-  def __init__(self, inverse=False):
-    self._inverse = inverse
-
-  def coding_map(self, x, context=None):
-    del x, context
-    permutation = Permutation(space_to_depth, depth_to_space)
-    return permutation.inverse() if self._inverse else permutation
 
 
 class _Counts(list):
