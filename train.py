@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 
 # real_nvp before TensorFlow: it chooses TF's CPU kernels (hardware.py).
-from real_nvp import (best_checkpoint, checkpoints, cli_flags, data, distribute, export,
+from real_nvp import (checkpoints, cli_flags, data, distribute, export,
                       hardware)
 import tensorflow as tf  # noqa: E402  pylint: disable=g-bad-import-order
 from real_nvp.model_dir_lock import ModelDirLock
@@ -78,9 +78,8 @@ def main(argv):
 def _export(trainer, export_dir):
   """Exports the checkpoint --export_checkpoint names; returns its step."""
   step = int(trainer.step.numpy())
-  best = best_checkpoint.best_checkpoint(trainer.model_dir)
-  if trainer.cfg.export_checkpoint == 'best' and best is not None:
-    path, step, _ = best
+  if trainer.cfg.export_checkpoint == 'best' and trainer.best.path is not None:
+    path, step = trainer.best.path, trainer.best.best[0]
     weights = tf.train.Checkpoint(model_weights=checkpoints.model_weights(trainer.model))
     try:
       checkpoints.read_checkpoint(weights, path).expect_partial()

@@ -187,6 +187,11 @@ class BestCheckpoint:
   def is_writer(self):
     return self._write_dir == self.directory
 
+  @property
+  def path(self):
+    """The best checkpoint's path in best/, or None."""
+    return self._name and os.path.join(self.directory, self._name)
+
   def reconcile(self, fresh, multi_worker=False):
     """Makes best/ consistent at the start of training (the chief's job).
 
@@ -276,18 +281,14 @@ class BestCheckpoint:
   def adopt(self, path, step, bits_per_dim):
     """Records an evaluated checkpoint of best/ that no record valued (see
     `reconcile`): it becomes the best if it is better, else it is deleted."""
-    name = os.path.basename(path)
     self.history = sorted(set(self.history) | {(step, bits_per_dim)})
     if self.best is None or bits_per_dim < self.best[1]:
-      previous, self._name, self.best = self._name, name, (step, bits_per_dim)
-      self._write_record()
-      if previous:
-        self._delete(previous)
+      self._switch_to(os.path.basename(path), step, bits_per_dim)
       logging.info('Adopted %s (step %d, %.4f bits/dim) as the best checkpoint.',
                    path, step, bits_per_dim)
     else:
       self._write_record()
-      self._delete(name)
+      self._delete(os.path.basename(path))
     self.unvalued.remove((path, step))
 
   def mark_early_stop(self, step):
@@ -310,14 +311,19 @@ class BestCheckpoint:
           {'checkpoint': name, 'step': step, 'bits_per_dim': bits_per_dim}))
     os.makedirs(self._write_dir, exist_ok=True)
     self._checkpoint.write(os.path.join(self._write_dir, name))
-    previous, self._name, self.best = self._name, name, (step, bits_per_dim)
     if not self.is_writer:
+      self._name, self.best = name, (step, bits_per_dim)
       shutil.rmtree(self._write_dir, ignore_errors=True)
       return
+    self._switch_to(name, step, bits_per_dim)
+    self._remove_pending()
+
+  def _switch_to(self, name, step, bits_per_dim):
+    """Records best/`name` as the best (an atomic rename), then deletes the old one."""
+    previous, self._name, self.best = self._name, name, (step, bits_per_dim)
     self._write_record()
     if previous:
       self._delete(previous)
-    self._remove_pending()
 
   def _free_name(self, step):
     name, k = f'ckpt-{step}', 0
