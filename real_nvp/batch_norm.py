@@ -17,11 +17,14 @@ With `lag=True` (Appendix E) training mode uses the updated moving average
 `momentum * moving + (1 - momentum) * batch` instead, with gradient through the
 batch part only; this lets the flow train on very small batches.
 Inference mode and `decode` use the moving averages: a fixed bijection.
+`decode(y, training=True)` inverts the training-mode map of a recorded pass
+with the statistics that pass used (see batch_statistics.py).
 """
 
 import numpy as np
 import tensorflow as tf
 
+from real_nvp import batch_statistics
 from real_nvp.coding import AffineMap
 from real_nvp.flow_layer import FlowLayer
 
@@ -80,19 +83,24 @@ class FlowBatchNorm(FlowLayer):
         trainable=False, aggregation='mean')
 
   def statistics(self, x, training):
-    """The (mean, variance) that normalize x; updates moving averages if training."""
+    """The (mean, variance) that normalize x; updates moving averages if
+    training (unless replaying a recorded pass, batch_statistics.py)."""
     if not training:
       return (tf.convert_to_tensor(self.moving_mean),
               tf.convert_to_tensor(self.moving_variance))
-    batch_mean, batch_variance = batch_moments(x)
     rho = self.momentum
+    if batch_statistics.is_replaying():
+      return batch_statistics.replay(self, lambda: batch_moments(x),
+                                     weight=1. - rho if self.lag else 1.)
+    batch_mean, batch_variance = batch_moments(x)
     lagged_mean = rho * self.moving_mean + (1. - rho) * batch_mean
     lagged_variance = rho * self.moving_variance + (1. - rho) * batch_variance
     self.moving_mean.assign(tf.stop_gradient(lagged_mean))
     self.moving_variance.assign(tf.stop_gradient(lagged_variance))
-    if self.lag:
-      return lagged_mean, lagged_variance
-    return batch_mean, batch_variance
+    mean, variance = ((lagged_mean, lagged_variance) if self.lag
+                      else (batch_mean, batch_variance))
+    batch_statistics.record(self, mean, variance)
+    return mean, variance
 
   @staticmethod
   def _log_det(x, log_var, sign):
@@ -109,10 +117,14 @@ class FlowBatchNorm(FlowLayer):
     mean, variance = self.statistics(x, training)
     return self.normalize(x, mean, variance)
 
-  def decode(self, y):
+  def decode(self, y, training=False):
     self._check_built()
-    log_var = tf.math.log(self.moving_variance + self.epsilon)
-    return y * tf.exp(0.5 * log_var) + self.moving_mean, self._log_det(y, log_var, 1.)
+    if training:
+      mean, variance = batch_statistics.stored(self)
+    else:
+      mean, variance = self.moving_mean, self.moving_variance
+    log_var = tf.math.log(variance + self.epsilon)
+    return y * tf.exp(0.5 * log_var) + mean, self._log_det(y, log_var, 1.)
 
   def coding_map(self, x, context=None):
     """y = (x - mean) / sqrt(var + eps) with the moving averages, per channel."""

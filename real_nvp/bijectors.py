@@ -6,6 +6,9 @@ its `inverse` (data -> latent) is what `log_prob` uses. So
     FlowLayerBijector(layer).forward(z) = layer.decode(z)
     FlowLayerBijector(layer).inverse(x) = layer(x, training=...)
 
+(or a run of layers in order; in training mode the run is differentiated
+as `memory_saving` says, see memory_saving.py).
+
 Each layer computes its output and log-det in one pass; the bijectors store
 the log-det in TFP's cache with the output (`BijectorCacheWithGreedyAttrs`,
 as TFP's FFJORD does), so `log_prob` runs every s/t network, and updates
@@ -18,6 +21,8 @@ is empty. The weights belong to the Keras layers (see `model.RealNVP`).
 import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
+
+from real_nvp import memory_saving
 
 tfb = tfp.bijectors
 
@@ -70,46 +75,67 @@ class _ImageBijector(tfb.Bijector):
 
 
 class FlowLayerBijector(_ImageBijector):
-  """A `FlowLayer` as a TFP bijector.
+  """A run of `FlowLayer`s as one TFP bijector (inverse: the layers in
+  order; forward: their decodes in reverse order).
 
   Args:
-    layer: a built `real_nvp.flow_layer.FlowLayer`.
+    layers: a built `real_nvp.flow_layer.FlowLayer`, or a list of them.
     training: mode of the data -> latent direction (batch statistics and
       moving-average updates in batch norms). The latent -> data direction
       always runs in inference mode.
+    memory_saving: how the training-mode direction is differentiated (one of
+      `memory_saving.MODES`; the run is the unit that `invert` keeps the
+      output of).
   """
 
-  def __init__(self, layer, training=False, name=None):
+  def __init__(self, layers, training=False, memory_saving='off', name=None):
     parameters = dict(locals())
-    self._layer = layer
+    self._layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
     self._training = training
-    super().__init__(parameters, name or layer.name)
+    self._memory_saving = memory_saving
+    super().__init__(parameters, name or '_'.join(layer.name for layer in self._layers))
 
   @property
-  def layer(self):
-    return self._layer
+  def layers(self):
+    return self._layers
 
   def _augmented_forward(self, z):
-    x, log_det = self._layer.decode(z)
-    return x, self._attrs(log_det)
+    log_det = None
+    for layer in reversed(self._layers):
+      z, step = layer.decode(z)
+      log_det = step if log_det is None else log_det + step
+    return z, self._attrs(log_det)
 
   def _augmented_inverse(self, x):
-    z, log_det = self._layer(x, training=self._training)
+    if self._training:
+      z, log_det = memory_saving.apply(self._layers, x, self._memory_saving)
+    else:
+      log_det = None
+      for layer in self._layers:
+        x, step = layer(x, training=False)
+        log_det = step if log_det is None else log_det + step
+      z = x
     return z, self._attrs(-log_det)
 
   def _forward_event_shape(self, input_shape):
-    return tf.TensorShape(self._layer.decoded_shape(input_shape.as_list()))
+    shape = input_shape.as_list()
+    for layer in reversed(self._layers):
+      shape = layer.decoded_shape(shape)
+    return tf.TensorShape(shape)
 
   def _inverse_event_shape(self, output_shape):
-    return tf.TensorShape(self._layer.encoded_shape(output_shape.as_list()))
+    shape = output_shape.as_list()
+    for layer in self._layers:
+      shape = layer.encoded_shape(shape)
+    return tf.TensorShape(shape)
 
   def _forward_event_shape_tensor(self, input_shape):
-    return tf.constant(self._layer.decoded_shape(
-        tf.get_static_value(input_shape).tolist()), tf.int32)
+    return tf.constant(self._forward_event_shape(
+        tf.TensorShape(tf.get_static_value(input_shape).tolist())).as_list(), tf.int32)
 
   def _inverse_event_shape_tensor(self, output_shape):
-    return tf.constant(self._layer.encoded_shape(
-        tf.get_static_value(output_shape).tolist()), tf.int32)
+    return tf.constant(self._inverse_event_shape(
+        tf.TensorShape(tf.get_static_value(output_shape).tolist())).as_list(), tf.int32)
 
 
 class FactorOut(_ImageBijector):

@@ -214,6 +214,12 @@ class TrainConfig:
   allow_emulated_precision: bool = _setting(
       False, 'Run --mixed_precision even where the device only emulates the dtype '
       '(a CPU without avx512_bf16/amx_bf16, float16 on a CPU, an older GPU).')
+  memory_saving: str = _setting(
+      'off', 'What the backward pass keeps of the forward pass: off (every '
+      'activation), recompute (each coupling\'s input; its s/t network runs '
+      'again), invert (each scale\'s output; the layers\' inverses reconstruct '
+      'their inputs). Less memory for more time; the same model and gradients.',
+      choices=('off', 'recompute', 'invert'))
   steps_per_loop: int = _setting(
       0, 'Training steps per device-loop call (one tf.function, read back once); '
       'any value gives the same results. 0: as many as take about a second '

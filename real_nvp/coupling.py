@@ -74,14 +74,26 @@ class Coupling(FlowLayer):
                       training=training)
     return self.partition.restrict(raw)
 
-  def call(self, x, training=False, context=None):
-    raw = self._params(x, context, training)
+  def _forward(self, x, raw):
     y_b, log_det = self.transform.forward(self.partition.transformed_part(x), raw)
     return self.partition.merge(x, y_b), log_det
 
-  def decode(self, y, context=None):
+  def call(self, x, training=False, context=None):
+    return self._forward(x, self._params(x, context, training))
+
+  def rerun_from_output(self, y, watch, context=None):
+    """See FlowLayer: the s/t network runs once, on the kept part of y (which
+    is x's): it gives x_b = T^-1(y_b) and then y_b again from x_b."""
+    raw = self._params(y, context, training=True)
+    x_b = self.transform.inverse(self.partition.transformed_part(y),
+                                 tf.stop_gradient(raw))[0]
+    x = tf.stop_gradient(self.partition.merge(y, x_b))
+    watch(x)
+    return x, self._forward(x, raw)
+
+  def decode(self, y, context=None, training=False):
     self._check_built()
-    raw = self._params(y, context, training=False)
+    raw = self._params(y, context, training)
     x_b, log_det = self.transform.inverse(self.partition.transformed_part(y), raw)
     return self.partition.merge(y, x_b), log_det
 

@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 from tensorflow.python.ops import gen_stateless_random_ops_v2
 
+from real_nvp import memory_saving as memory_saving_lib
 from real_nvp.coupling import Coupling
 from real_nvp.st_network import STNetwork
 
@@ -137,9 +138,10 @@ class UniformDequantizer(keras.layers.Layer):
     del images, training
     return None
 
-  def transform(self, images, noise, context=None, training=False):
+  def transform(self, images, noise, context=None, training=False,
+                memory_saving='off'):
     """(u, log q(u|x)) [B]: images [B, H, W, C], noise [B, H, W, C]."""
-    del context, training
+    del context, training, memory_saving
     return inside_bins(images, noise), tf.zeros(tf.shape(noise)[:1], noise.dtype)
 
   def regularized_weights(self):
@@ -205,11 +207,15 @@ class VariationalDequantizer(keras.layers.Layer):
     scaled = (tf.cast(images, self.compute_dtype) + 0.5) / self.levels - 0.5
     return tf.cast(self.context_net(scaled, training=training), self.compute_dtype)
 
-  def _flow(self, h, context, training, inverse=False):
-    """g(ε) (or g^-1(v) with `inverse`) and its log-det, with the context."""
+  def _flow(self, h, context, training, inverse=False, memory_saving='off'):
+    """g(ε) (or g^-1(v) with `inverse`) and its log-det, with the context;
+    training mode is differentiated as `memory_saving` says."""
     log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
 
     def run(layers, h, context, log_det):
+      if training and not inverse:
+        h, steps = memory_saving_lib.apply(layers, h, memory_saving, context)
+        return h, log_det + steps
       for layer in (reversed(layers) if inverse else layers):
         if inverse:
           h, step = layer.decode(h, context=context)
@@ -230,11 +236,13 @@ class VariationalDequantizer(keras.layers.Layer):
         h, log_det = run(layers, h, context, log_det)
     return h, log_det
 
-  def transform(self, images, noise, context=None, training=False):
-    """(u, log q(u|x)) [B] for base noise ε [B, H, W, C]."""
+  def transform(self, images, noise, context=None, training=False,
+                memory_saving='off'):
+    """(u, log q(u|x)) [B] for base noise ε [B, H, W, C]; `memory_saving`:
+    how training mode is differentiated (memory_saving.py)."""
     if context is None:
       context = self.context(images, training)
-    v, log_det = self._flow(noise, context, training)
+    v, log_det = self._flow(noise, context, training, memory_saving=memory_saving)
     log_normal = tf.reduce_sum(-0.5 * tf.square(noise) - 0.5 * math.log(2 * math.pi),
                                axis=[1, 2, 3])
     log_sigmoid_slope = tf.reduce_sum(-tf.nn.softplus(-v) - tf.nn.softplus(v),

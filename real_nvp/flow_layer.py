@@ -6,8 +6,12 @@ the *latent* side is the Gaussian side.
 - `layer(x, training=...)` maps data -> latent and returns `(y, log_det)`,
   where `log_det = log |det dy/dx|` per example, shape [B].
 - `layer.decode(y)` maps latent -> data and returns `(x, log_det)` with
-  `log_det = log |det dx/dy|` per example. Decoding always uses inference
-  mode: the flow is a fixed bijection only with frozen statistics.
+  `log_det = log |det dx/dy|` per example, in inference mode: the flow is a
+  fixed bijection only with frozen statistics. `decode(y, training=True)`
+  inverts the training-mode map of a recorded pass, with the batch
+  statistics that pass used (batch_statistics.py; the same map for layers
+  without batch norms): the memory-saving gradient reconstructs layer
+  inputs with it (memory_saving.py).
 
 The TFP wrappers in `bijectors.py` map `decode` to a bijector's `forward`
 (generative, TFP's convention) and `call` to its `inverse`. `coding_map`
@@ -15,6 +19,7 @@ describes the layer to the lossless coder (compression.py).
 """
 
 import keras
+import tensorflow as tf
 
 __all__ = ['FlowLayer']
 
@@ -23,7 +28,7 @@ class FlowLayer(keras.layers.Layer):
   """Base class for the flow's invertible layers (see the module docstring).
 
   Subclasses implement `call(x, training=False) -> (y, log_det)` and
-  `decode(y) -> (x, log_det)`, override the shape methods if they change
+  `decode(y, training=False) -> (x, log_det)`, override the shape methods if they change
   the event shape, and `regularized_weights` / `flops_per_example` if they
   hold networks (the trainer's L2 penalty and the benchmark ask every layer).
   """
@@ -43,6 +48,20 @@ class FlowLayer(keras.layers.Layer):
   def flops_per_example(self):
     """Analytic forward FLOPs of the layer's networks for one example; 0 by default."""
     return 0
+
+  def rerun_from_output(self, y, watch, context=None):
+    """For the inverting memory-saving gradient (memory_saving.py), in
+    training mode while a recorded pass is replayed (batch_statistics.py):
+    reconstructs the input x that gave y, calls `watch(x)` (a tape starts
+    following it) and recomputes (y', log_det) = self(x, training=True).
+    Returns (x, (y', log_det)). The recomputation may read the dimensions
+    that the layer passes through unchanged from y instead of x (a
+    coupling's s/t network does, so that it runs once): the gradient with
+    respect to x is the sum of those with respect to x and to y."""
+    del context  # Only couplings take one.
+    x = tf.stop_gradient(self.decode(y, training=True)[0])
+    watch(x)
+    return x, self(x, training=True)
 
   def coding_conditioning(self, event_shape):
     """bool [H, W, C]: the elements `coding_map` depends on (coded first, by

@@ -36,6 +36,7 @@ from real_nvp.bijectors import FactorOut, FlowLayerBijector
 from real_nvp.config import FlowConfig
 from real_nvp.coupling import Coupling
 from real_nvp.dequantization import base_noise, make_dequantizer, stateless_seed
+from real_nvp.memory_saving import MODES as MEMORY_SAVING_MODES
 from real_nvp.squeeze import Squeeze
 
 tfb = tfp.bijectors
@@ -54,14 +55,21 @@ class RealNVP(keras.Model):
     config: a `FlowConfig`.
     st_dtype: dtype policy of the s/t networks, e.g. 'mixed_bfloat16' or
       'mixed_float16'; the flow, its log-dets and the prior stay float32.
+    memory_saving: how training mode is differentiated, one of
+      `memory_saving.MODES` (see memory_saving.py): a setting of the run,
+      not of the architecture; it may change between runs of a checkpoint.
   """
 
-  def __init__(self, config, st_dtype=None, **kwargs):
+  def __init__(self, config, st_dtype=None, memory_saving='off', **kwargs):
     super().__init__(**kwargs)
     if not isinstance(config, FlowConfig):
       raise TypeError(f'`config` must be a FlowConfig. Received: {config!r}')
+    if memory_saving not in MEMORY_SAVING_MODES:
+      raise ValueError(f'`memory_saving` must be one of {MEMORY_SAVING_MODES}. '
+                       f'Received: {memory_saving!r}')
     self.config = config
     self._st_dtype = st_dtype
+    self.memory_saving = memory_saving
     self.dequantizer = make_dequantizer(config, st_dtype)
     self.preprocess = preprocess.LogitPreprocess(
         config.levels, config.alpha, name='preprocess')
@@ -107,12 +115,15 @@ class RealNVP(keras.Model):
     its bijectors compare by identity, so no TFP cache entry is shared between
     calls: in eager mode a cached result would skip the gradient tape, and
     would be stale after a weight update. `training` sets the mode of every
-    batch norm in the data -> latent direction.
+    batch norm in the data -> latent direction, and differentiates it as
+    `self.memory_saving` says (`invert`: a scale's layers are one bijector).
     """
     inner = None
     for index in reversed(range(len(self.scales))):
       steps = self.scales[index]
-      parts = [FlowLayerBijector(layer, training) for layer in steps]
+      runs = ([steps] if training and self.memory_saving == 'invert'
+              else [[layer] for layer in steps])
+      parts = [FlowLayerBijector(run, training, self.memory_saving) for run in runs]
       if inner is not None:
         squeeze = next(layer for layer in steps if isinstance(layer, Squeeze))
         parts += [FactorOut(inner, name=f'scale{index}_factor_out'),
@@ -220,7 +231,8 @@ class RealNVP(keras.Model):
     context = self.dequantizer.context(images, training)
 
     def log_weight(images, noise, context):
-      u, log_q = self.dequantizer.transform(images, noise, context, training)
+      u, log_q = self.dequantizer.transform(images, noise, context, training,
+                                            self.memory_saving)
       return self._log_prob_of_examples(u, training) - log_q
 
     if isinstance(num_samples, int) and num_samples == 1:

@@ -57,7 +57,8 @@ class LogitPreprocess(FlowLayer):
     log_det = self._log_det_offset - log_p - log_1mp
     return w, tf.reduce_sum(log_det, axis=[1, 2, 3])
 
-  def decode(self, w):
+  def decode(self, w, training=False):
+    del training  # Same map in both modes.
     log_p, log_1mp = -tf.nn.softplus(-w), -tf.nn.softplus(w)
     u = (tf.sigmoid(w) - self.alpha) / (1. - self.alpha) * self.levels
     log_det = log_p + log_1mp - self._log_det_offset

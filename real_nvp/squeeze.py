@@ -28,7 +28,8 @@ class Squeeze(FlowLayer):
     del training  # Same map in both modes.
     return tf.nn.space_to_depth(x, 2), tf.zeros(tf.shape(x)[:1], x.dtype)
 
-  def decode(self, y):
+  def decode(self, y, training=False):
+    del training
     return tf.nn.depth_to_space(y, 2), tf.zeros(tf.shape(y)[:1], y.dtype)
 
   def coding_map(self, x, context=None):

@@ -8,6 +8,7 @@ parameters; the coupling's transform (transforms.py) turns them into s and t.
 import keras
 import tensorflow as tf
 
+from real_nvp import batch_statistics
 from real_nvp.batch_norm import batch_moments
 
 __all__ = ['WeightNormConv2D', 'ResidualBatchNorm', 'STNetwork']
@@ -69,7 +70,9 @@ class ResidualBatchNorm(keras.layers.Layer):
   Training mode uses the batch's per-channel (biased) moments and updates the
   moving averages; inference mode uses the moving averages. A single replica
   uses TF's fused kernel; several replicas use global moments (all-reduced),
-  so the result does not depend on how the batch is split.
+  so the result does not depend on how the batch is split. Replaying a
+  recorded pass (batch_statistics.py), training mode uses the recorded
+  moments and moves no average.
   """
 
   def __init__(self, momentum=0.95, epsilon=1e-4, **kwargs):
@@ -91,24 +94,32 @@ class ResidualBatchNorm(keras.layers.Layer):
         autocast=False, aggregation='mean')
 
   def _update_moving_averages(self, mean, variance):
-    rho = self.momentum
-    self.moving_mean.assign(rho * self.moving_mean + (1. - rho) * tf.stop_gradient(mean))
-    self.moving_variance.assign(
-        rho * self.moving_variance + (1. - rho) * tf.stop_gradient(variance))
+    # moving + (1 - rho) (batch - moving): no product of constants for graph
+    # optimizers to regroup, which they would do only where the batch
+    # statistic has no other use (the memory-saving gradient records it), and
+    # every --memory_saving mode moves the averages by the same numbers.
+    for average, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+      average.assign(average + (1. - self.momentum) * (tf.stop_gradient(batch) - average))
+
+  def _normalize(self, x, mean, variance):
+    scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
+    shift = self.beta - mean * scale
+    return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
 
   def call(self, x, training=False):
     context = tf.distribute.get_replica_context()
     replicas = context.num_replicas_in_sync if context else 1
     fused = x.dtype != tf.float64  # The fused kernel has no float64 version.
+    if training and batch_statistics.is_replaying():
+      return self._normalize(x, *batch_statistics.replay(
+          self, lambda: batch_moments(tf.cast(x, self.variable_dtype))))
     if training and (replicas > 1 or not fused):
       mean, variance = batch_moments(tf.cast(x, self.variable_dtype))
       self._update_moving_averages(mean, variance)
-      scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
-      shift = self.beta - mean * scale
-      return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
+      batch_statistics.record(self, mean, variance)
+      return self._normalize(x, mean, variance)
     if not training and not fused:
-      scale = self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
-      return x * scale + (self.beta - self.moving_mean * scale)
+      return self._normalize(x, self.moving_mean, self.moving_variance)
     y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
         x, self.gamma, self.beta,
         mean=None if training else self.moving_mean,
@@ -118,7 +129,9 @@ class ResidualBatchNorm(keras.layers.Layer):
       # The fused kernel returns the unbiased variance; store the biased one,
       # as the all-reduced path does.
       count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), variance.dtype)
-      self._update_moving_averages(mean, variance * (count - 1.) / count)
+      variance = variance * (count - 1.) / count
+      self._update_moving_averages(mean, variance)
+      batch_statistics.record(self, mean, variance)
     return y
 
   def get_config(self):

@@ -98,7 +98,8 @@ class TrainStep:
     self.strategy = strategy
     with strategy.scope():
       self.model = RealNVP(flow_config, st_dtype=(
-          f'mixed_{cfg.mixed_precision}' if cfg.mixed_precision else None))
+          f'mixed_{cfg.mixed_precision}' if cfg.mixed_precision else None),
+                           memory_saving=cfg.memory_saving)
       self.optimizer = Adam(
           [v.value for v in self.model.trainable_variables],
           WarmupSchedule(cfg.learning_rate, cfg.warmup_steps))
