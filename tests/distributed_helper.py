@@ -6,8 +6,12 @@ a fresh TensorFlow (logical devices, TF_CONFIG).
                                                    configuration per process: the
                                                    collectives of two would clash)
   python distributed_helper.py worker OUT.npz DIR  one worker of TF_CONFIG's cluster
+                                                   (--memory_saving=invert)
   python distributed_helper.py eval OUT.json DIR   eval.py's restore and evaluation,
                                                    2 replicas vs one device
+  python distributed_helper.py memory_saving OUT.npz MODE
+                                                   2 replicas under a
+                                                   --memory_saving mode
 """
 
 import json
@@ -33,11 +37,11 @@ def _weights(trainer):
   return [v.numpy() for v in trainer.model.variables]
 
 
-def _train(strategy, model_dir, steps, batch_size=16, config=CONFIG):
+def _train(strategy, model_dir, steps, batch_size=16, config=CONFIG, **train):
   source = data.load_dataset('digits')
   train_config = TrainConfig(train_steps=steps, batch_size=batch_size, eval_every=0,
                              eval_examples=64, checkpoint_every=steps, num_samples=4,
-                             seed=3, log_every_secs=1000.)
+                             seed=3, log_every_secs=1000., **train)
   return Trainer(strategy, source, config, train_config, model_dir), source
 
 
@@ -97,12 +101,27 @@ def replicas(out, dequantization):
     json.dump(results, f)
 
 
+def memory_saving(out, mode):
+  """3 steps of mirrored training under `mode`: losses, weights."""
+  _two_cpus()
+  strategy = distribute.get_strategy('mirrored')
+  trainer, source = _train(strategy, os.path.join(os.path.dirname(out), mode), 3,
+                           memory_saving=mode)
+  dataset = iter(strategy.distribute_datasets_from_function(
+      lambda ctx: data.train_dataset(source, 16, 3, 0, ctx)))
+  losses = [float(trainer.train_step(next(dataset))[0]) for _ in range(3)]
+  np.savez(out, losses, strategy.num_replicas_in_sync, *_weights(trainer))
+
+
 def worker(out, model_dir):
+  # Under --memory_saving=invert: its backward pass all-reduces the batch
+  # norms' moments again, which must stay in step across workers.
   strategy = distribute.get_strategy('multi_worker')
-  trainer, _ = _train(strategy, model_dir, 4)
+  trainer, _ = _train(strategy, model_dir, 4, memory_saving='invert')
   trainer.train()
   np.savez(out, *_weights(trainer))
 
 
 if __name__ == '__main__':
-  {'replicas': replicas, 'worker': worker, 'eval': evaluate}[sys.argv[1]](*sys.argv[2:])
+  {'replicas': replicas, 'worker': worker, 'eval': evaluate,
+   'memory_saving': memory_saving}[sys.argv[1]](*sys.argv[2:])
