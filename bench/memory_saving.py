@@ -17,7 +17,11 @@ else the CPU). Reported per run:
 - timed_peak_rss_mb: the peak resident set during the timed steps alone
   (VmHWM reset after the warm-up): the steady state of training, without
   tracing and graph optimization (rss_before_timed_mb: where it started);
-- gpu_peak_mb: on a GPU, tf.config.experimental.get_memory_info's 'peak';
+- tensor_peak_mb: on a GPU, or on a CPU with TF_CPU_ALLOCATOR_USE_BFC=true
+  (`--bfc`), the peak of live tensors during the timed steps (TF's allocator
+  statistics; tensor_current_mb: what stays allocated between steps:
+  weights, optimizer state). Unlike the resident set it is not inflated by
+  memory that malloc keeps after TF frees it;
 - images_per_sec: batch / median seconds of the timed steps.
 
 Ratios are over `off` at the same preset and batch. A run that fails (e.g.
@@ -46,6 +50,7 @@ flags.DEFINE_list('modes', list(MODES), 'Memory-saving modes, run in this order.
 flags.DEFINE_integer('steps', 2, 'Timed training steps per run.')
 flags.DEFINE_integer('warmup', 1, 'Untimed steps first (tracing, first step).')
 flags.DEFINE_integer('timeout', 3600, 'Seconds a run may take.')
+flags.DEFINE_bool('bfc', False, 'Run TF\'s BFC allocator on the CPU too, for tensor_peak_mb.')
 flags.DEFINE_string('one', None, 'Internal: PRESET,BATCH,MODE to measure in this process.')
 FLAGS = flags.FLAGS
 
@@ -81,12 +86,19 @@ def _measure(preset, batch_size, mode):
   batches = iter(strategy.experimental_distribute_dataset(
       tf.data.Dataset.from_tensors(images).repeat()))
   gpus = tf.config.list_logical_devices('GPU')
+  device = 'GPU:0' if gpus else 'CPU:0'
   before = _status_mb('VmRSS')
+  try:  # Statistics exist for a GPU, and for a CPU under TF_CPU_ALLOCATOR_USE_BFC=true.
+    tensor_stats = bool(tf.config.experimental.get_memory_info(device))
+  except ValueError:
+    tensor_stats = False
   times = []
   for step in range(FLAGS.warmup + FLAGS.steps):
     if step == FLAGS.warmup:
       between = _status_mb('VmRSS')
       _reset_peak()
+      if tensor_stats:
+        tf.config.experimental.reset_memory_stats(device)
     start = time.perf_counter()
     bpd, _, finite = steps.train_step(next(batches))
     bpd, finite = float(bpd), bool(finite)
@@ -100,18 +112,20 @@ def _measure(preset, batch_size, mode):
             'rss_before_timed_mb': round(between),
             'images_per_sec': round(batch_size / statistics.median(times), 3),
             'step_seconds': [round(t, 3) for t in times], 'bits_per_dim': bpd}
-  if gpus:
-    result['gpu_peak_mb'] = round(
-        tf.config.experimental.get_memory_info('GPU:0')['peak'] / 2 ** 20)
+  if tensor_stats:
+    info = tf.config.experimental.get_memory_info(device)
+    result['tensor_peak_mb'] = round(info['peak'] / 2 ** 20)
+    result['tensor_current_mb'] = round(info['current'] / 2 ** 20)
   print(json.dumps(result))
 
 
 def _run(preset, batch_size, mode):
   command = [sys.executable, os.path.abspath(__file__), f'--one={preset},{batch_size},{mode}',
              f'--steps={FLAGS.steps}', f'--warmup={FLAGS.warmup}']
+  env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC='true') if FLAGS.bfc else None
   try:
     process = subprocess.run(command, capture_output=True, text=True,
-                             timeout=FLAGS.timeout)
+                             timeout=FLAGS.timeout, env=env)
   except subprocess.TimeoutExpired:
     return {'preset': preset, 'batch_size': batch_size, 'mode': mode,
             'error': f'did not finish in {FLAGS.timeout} s'}
@@ -132,7 +146,7 @@ def main(argv):
   from real_nvp import hardware
   rows = []
   print(f'{"preset":<11}{"batch":>6} {"mode":<10}{"peak RSS MB":>12}{"x off":>7}'
-        f'{"timed peak":>11}{"x off":>7}{"img/s":>9}{"time x off":>11}')
+        f'{"timed peak":>11}{"tensor peak":>12}{"x off":>7}{"img/s":>9}{"time x off":>11}')
   for preset in FLAGS.presets:
     for batch_size in map(int, FLAGS.batch_sizes):
       off = None
@@ -145,13 +159,15 @@ def main(argv):
         off = row if mode == 'off' else off
         if off:
           row['peak_rss_x_off'] = round(row['peak_rss_mb'] / off['peak_rss_mb'], 3)
-          row['timed_peak_x_off'] = round(
-              row['timed_peak_rss_mb'] / off['timed_peak_rss_mb'], 3)
+          if 'tensor_peak_mb' in row:
+            row['tensor_peak_x_off'] = round(
+                row['tensor_peak_mb'] / off['tensor_peak_mb'], 3)
           row['step_time_x_off'] = round(off['images_per_sec'] / row['images_per_sec'], 3)
         nan = float('nan')
         print(f'{preset:<11}{batch_size:>6} {mode:<10}{row["peak_rss_mb"]:>12}'
               f'{row.get("peak_rss_x_off", nan):>7.2f}{row["timed_peak_rss_mb"]:>11}'
-              f'{row.get("timed_peak_x_off", nan):>7.2f}{row["images_per_sec"]:>9.2f}'
+              f'{row.get("tensor_peak_mb", nan):>12}{row.get("tensor_peak_x_off", nan):>7.2f}'
+              f'{row["images_per_sec"]:>9.2f}'
               f'{row.get("step_time_x_off", nan):>11.2f}', flush=True)
   print(json.dumps({**hardware.cpu_info().to_json(), 'steps': FLAGS.steps,
                     'warmup': FLAGS.warmup, 'rows': rows}))

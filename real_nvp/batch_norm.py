@@ -28,7 +28,15 @@ from real_nvp import batch_statistics
 from real_nvp.coding import AffineMap
 from real_nvp.flow_layer import FlowLayer
 
-__all__ = ['FlowBatchNorm', 'batch_moments']
+__all__ = ['FlowBatchNorm', 'batch_moments', 'global_sum']
+
+
+def global_sum(value):
+  """`value` summed over the replicas (itself outside a multi-replica context)."""
+  context = tf.distribute.get_replica_context()
+  if not context or context.num_replicas_in_sync == 1:
+    return value
+  return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
 def batch_moments(x):
@@ -37,14 +45,6 @@ def batch_moments(x):
   Inside a replica context of several replicas the moments are those of the
   global batch (all-reduced), computed in two passes for accuracy.
   """
-  context = tf.distribute.get_replica_context()
-  replicas = context.num_replicas_in_sync if context else 1
-
-  def global_sum(value):
-    if replicas == 1:
-      return value
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
   axes = [0, 1, 2]
   count = global_sum(tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), x.dtype))
   mean = global_sum(tf.reduce_sum(x, axis=axes)) / count

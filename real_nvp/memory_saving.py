@@ -48,14 +48,7 @@ def apply(layers, x, mode, context=None):
     raise ValueError(f'`memory_saving` must be one of {MODES}. Received: {mode!r}')
   if mode == 'invert':
     return _saving_op(layers, x, context, keep_input=False)
-  log_det = None
-  for layer in layers:
-    if mode == 'recompute' and isinstance(layer, Coupling):
-      x, step = _saving_op([layer], x, context, keep_input=True)
-    else:
-      x, step = _call(layer, x, context)
-    log_det = step if log_det is None else log_det + step
-  return x, log_det
+  return _run(layers, x, context, _recomputed_call if mode == 'recompute' else _call)
 
 
 def _call(layer, x, context):
@@ -64,10 +57,16 @@ def _call(layer, x, context):
   return layer(x, training=True, context=context)
 
 
-def _run(layers, x, context):
+def _recomputed_call(layer, x, context):
+  if isinstance(layer, Coupling):
+    return _saving_op([layer], x, context, keep_input=True)
+  return _call(layer, x, context)
+
+
+def _run(layers, x, context, call=_call):
   log_det = None
   for layer in layers:
-    x, step = _call(layer, x, context)
+    x, step = call(layer, x, context)
     log_det = step if log_det is None else log_det + step
   return x, log_det
 

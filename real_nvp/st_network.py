@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from real_nvp import batch_statistics
-from real_nvp.batch_norm import batch_moments
+from real_nvp.batch_norm import batch_moments, global_sum
 
 __all__ = ['WeightNormConv2D', 'ResidualBatchNorm', 'STNetwork']
 
@@ -106,13 +106,38 @@ class ResidualBatchNorm(keras.layers.Layer):
     shift = self.beta - mean * scale
     return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
 
+  def _normalize_replayed(self, x, mean, variance):
+    """Training-mode normalization with recorded batch statistics. Its
+    gradient is that of batch statistics (through the batch's moments, over
+    the global batch), as the fused kernel's is, from x alone: autodiff of
+    the moments would keep several tensors of x's size per batch norm."""
+    gamma, beta = tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta)
+    inv_std = tf.math.rsqrt(variance + self.epsilon)
+
+    def standardized(x):
+      return (tf.cast(x, inv_std.dtype) - mean) * inv_std
+
+    @tf.custom_gradient
+    def normalize(x, gamma, beta):
+      def grad(d_y):
+        d_y, x_hat = tf.cast(d_y, inv_std.dtype), standardized(x)
+        local_d_beta = tf.reduce_sum(d_y, axis=[0, 1, 2])
+        local_d_gamma = tf.reduce_sum(d_y * x_hat, axis=[0, 1, 2])
+        count = global_sum(tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), inv_std.dtype))
+        d_x = gamma * inv_std * (
+            d_y - (global_sum(local_d_beta) + x_hat * global_sum(local_d_gamma)) / count)
+        # The variables' gradients are this replica's part, as autodiff's are.
+        return tf.cast(d_x, x.dtype), local_d_gamma, local_d_beta
+      return tf.cast(standardized(x) * gamma + beta, x.dtype), grad
+
+    return normalize(x, gamma, beta)
+
   def call(self, x, training=False):
     context = tf.distribute.get_replica_context()
     replicas = context.num_replicas_in_sync if context else 1
     fused = x.dtype != tf.float64  # The fused kernel has no float64 version.
     if training and batch_statistics.is_replaying():
-      return self._normalize(x, *batch_statistics.replay(
-          self, lambda: batch_moments(tf.cast(x, self.variable_dtype))))
+      return self._normalize_replayed(x, *batch_statistics.stored(self))
     if training and (replicas > 1 or not fused):
       mean, variance = batch_moments(tf.cast(x, self.variable_dtype))
       self._update_moving_averages(mean, variance)
