@@ -90,7 +90,7 @@ class FlowBatchNorm(FlowLayer):
               tf.convert_to_tensor(self.moving_variance))
     rho = self.momentum
     if batch_statistics.is_replaying():
-      return batch_statistics.replay(self, lambda: batch_moments(x),
+      return batch_statistics.replay(self, *batch_moments(x),
                                      weight=1. - rho if self.lag else 1.)
     batch_mean, batch_variance = batch_moments(x)
     lagged_mean = rho * self.moving_mean + (1. - rho) * batch_mean

@@ -15,8 +15,9 @@ without the statistics it used. So:
       used = stored + weight * (moments(x) - stop_gradient(moments(x)))
 
   (value: exactly `stored`; `weight` is d used / d moments: 1, or
-  1 - momentum for the lagged flow batch norm). `differentiable=False`
-  (reconstruction) skips the moments. Replaying never moves an average.
+  1 - momentum for the lagged flow batch norm); a training-mode inverse
+  takes the stored numbers as they are (`stored`). Replaying never moves an
+  average.
 
 The scope is per thread: the replicas of a MirroredStrategy trace their
 step in threads of their own, over the same layers.
@@ -64,12 +65,12 @@ def _active(**state):
 
 def recording(statistics_record):
   """Scope in which training-mode batch norms store their statistics."""
-  return _active(record=statistics_record, replay=False, differentiable=True)
+  return _active(record=statistics_record, replay=False)
 
 
-def replaying(statistics_record, differentiable=True):
+def replaying(statistics_record):
   """Scope in which training-mode batch norms use the stored statistics."""
-  return _active(record=statistics_record, replay=True, differentiable=differentiable)
+  return _active(record=statistics_record, replay=True)
 
 
 def _state():
@@ -99,13 +100,10 @@ def stored(layer):
   return state['record'].stored(layer)
 
 
-def replay(layer, moments, weight=1.):
-  """The stored (mean, variance) of `layer`, differentiable through
-  `moments()` (the layer's batch moments, computed only when needed)."""
+def replay(layer, batch_mean, batch_variance, weight=1.):
+  """The stored (mean, variance) of `layer`, differentiable through the
+  layer's batch moments."""
   mean, variance = stored(layer)
-  if not _state()['differentiable']:
-    return mean, variance
-  batch_mean, batch_variance = moments()
 
   def pinned(stored_value, batch):
     zero_valued = batch - tf.stop_gradient(batch)
