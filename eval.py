@@ -18,7 +18,7 @@ from absl import app, flags, logging
 
 from real_nvp import config as config_lib
 from real_nvp import (best_checkpoint, checkpoints, cli_flags, data, distribute, export,
-                      figures, hardware, ood, summaries)
+                      figures, hardware, model_dir_layout, ood, storage, summaries)
 from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
 from real_nvp.evaluation import Evaluator, write_scores
 
@@ -126,11 +126,11 @@ def _output_paths(model_dir):
 
 
 def _evaluate(model_dir, checkpoint, strategy):
-  config = checkpoints.read_config(model_dir)
+  config = model_dir_layout.read_config(model_dir)
   if config is not None:  # Else restore_model says that there is no model.
     _refuse_architecture_flags(config, model_dir)
     for path, is_directory in _output_paths(model_dir):
-      checkpoints.check_writable(path, is_directory)
+      storage.check_writable(path, is_directory)
   model, step, checkpoint = checkpoints.restore_model(
       model_dir, best_checkpoint.resolve_checkpoint(model_dir, checkpoint), strategy)
   source = cli_flags.run_data_source(model_dir, FLAGS.split)
@@ -157,7 +157,7 @@ def _evaluate(model_dir, checkpoint, strategy):
   if ood_source is not None:
     results['ood'] = _out_of_distribution(evaluator, evaluation, source, ood_source,
                                           model_dir, step, writers)
-  checkpoints.write_atomically(os.path.join(model_dir, 'eval_results.json'),
+  storage.write_atomically(os.path.join(model_dir, 'eval_results.json'),
                                json.dumps(results, indent=2))
   writers.scalars('eval', step, {
       'bits_per_dim': results['bits_per_dim'],
@@ -185,7 +185,7 @@ def main(argv):
   except (data.DataError, FileNotFoundError, ValueError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')
-  except checkpoints.STORAGE_ERRORS as error:  # After the check: the disk changed.
+  except storage.STORAGE_ERRORS as error:  # After the check: the disk changed.
     where = getattr(error, 'filename', None) or model_dir
     message = (f'Writing {where} failed ({checkpoints.error_summary(error)}); the '
                'results printed above are complete. Fix the path (space, '

@@ -14,8 +14,8 @@ import sys
 from absl import app, flags, logging
 
 # real_nvp before TensorFlow: it chooses TF's CPU kernels (hardware.py).
-from real_nvp import (checkpoints, cli_flags, data, distribute, export,
-                      hardware)
+from real_nvp import (checkpoints, cli_flags, data, distribute, export, hardware,
+                      model_dir_layout, storage)
 import tensorflow as tf  # noqa: E402  pylint: disable=g-bad-import-order
 from real_nvp.model_dir_lock import ModelDirLock
 from real_nvp.train_lib import Trainer, TrainingDiverged
@@ -38,7 +38,7 @@ def main(argv):
     with ModelDirLock(model_dir) if chief else contextlib.nullcontext():
       trainer = Trainer(strategy, source, flow_config, train_config, model_dir)
       if chief:
-        checkpoints.write_run_settings(
+        model_dir_layout.write_run_settings(
             model_dir, FLAGS.flags_into_string(),
             {name: FLAGS[name].value for name in cli_flags.DATA_FLAGS})
       logging.info('Training on %s %s (%d levels) with %d replica(s) into %s',
@@ -61,8 +61,8 @@ def main(argv):
   except (data.DataError, TrainingDiverged, ValueError, FileNotFoundError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')
-  except checkpoints.STORAGE_ERRORS as error:  # summaries, samples, settings
-    paths = checkpoints.checkpoint_paths(model_dir)
+  except storage.STORAGE_ERRORS as error:  # summaries, samples, settings
+    paths = model_dir_layout.checkpoint_paths(model_dir)
     message = (f'Writing to {model_dir} failed ({checkpoints.error_summary(error)}). '
                f'The last good checkpoint is {paths[0] if paths else "none"}; fix the '
                'directory (free space, permissions) and run the same command again.')
@@ -83,8 +83,8 @@ def _export(trainer, export_dir):
     weights = tf.train.Checkpoint(model_weights=checkpoints.model_weights(trainer.model))
     try:
       checkpoints.read_checkpoint(weights, path).expect_partial()
-    except checkpoints.ModelDirError as error:  # Damaged during this run.
-      raise checkpoints.ModelDirError(
+    except storage.ModelDirError as error:  # Damaged during this run.
+      raise storage.ModelDirError(
           f'{error} The SavedModel was not written. Run the same command again '
           '(it moves the damaged best aside and re-evaluates), or export the last '
           f'weights: `python eval.py --model_dir={trainer.model_dir} '
@@ -93,8 +93,8 @@ def _export(trainer, export_dir):
   which = ' --checkpoint=best' if trainer.cfg.export_checkpoint == 'best' else ''
   try:
     export.export_saved_model(trainer.model, export_dir)
-  except checkpoints.STORAGE_ERRORS as error:
-    raise checkpoints.StorageError(
+  except storage.STORAGE_ERRORS as error:
+    raise storage.StorageError(
         f'Could not export the SavedModel to {export_dir} '
         f'({checkpoints.error_summary(error)}); the checkpoints are complete: '
         f'free space and run `python eval.py --model_dir={trainer.model_dir}{which} '

@@ -42,7 +42,7 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags  # noqa: E402
 
-MODES = ('off', 'recompute', 'invert')
+from real_nvp.config import MEMORY_SAVING_MODES as MODES  # noqa: E402
 
 flags.DEFINE_list('presets', ['cifar10'], 'Architecture presets.')
 flags.DEFINE_list('batch_sizes', ['64', '256'], 'Global batch sizes.')

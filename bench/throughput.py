@@ -63,7 +63,7 @@ flags.DEFINE_list('image_shape', None, 'H,W,C overriding the preset.')
 flags.DEFINE_integer('num_scales', None, 'Overrides the preset.')
 flags.DEFINE_integer('feature_maps', None, 'Overrides the preset.')
 flags.DEFINE_integer('num_blocks', None, 'Overrides the preset.')
-flags.DEFINE_enum('dequantization', None, ['uniform', 'variational'],
+flags.DEFINE_enum('dequantization', None, list(config_lib.DEQUANTIZERS),
                   'Overrides the preset.')
 flags.DEFINE_integer('train_dequant_samples', 1,
                      'Dequantization draws per image in training (IW objective if > 1).')

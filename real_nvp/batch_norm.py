@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from real_nvp import batch_statistics
-from real_nvp.coding import AffineMap
+from real_nvp.coding_maps import AffineMap
 from real_nvp.flow_layer import FlowLayer
 
 __all__ = ['FlowBatchNorm', 'batch_moments', 'global_sum']

@@ -24,13 +24,13 @@ import datetime
 import glob
 import json
 import os
-import re
 import shutil
 
 from absl import logging
 
-from real_nvp import checkpoints
-from real_nvp.checkpoints import ModelDirError
+from real_nvp import checkpoints, storage
+from real_nvp.model_dir_layout import checkpoint_paths, step_of
+from real_nvp.storage import ModelDirError
 
 __all__ = ['BestCheckpoint', 'BestState', 'inspect', 'best_checkpoint',
            'resolve_checkpoint', 'BEST_DIR']
@@ -52,16 +52,6 @@ def _read_json(path):
   except (OSError, ValueError) as error:
     raise ModelDirError(f'{path} cannot be read ({error}); remove {os.path.dirname(path)}/ '
                         'to start the best-checkpoint record afresh.') from None
-
-
-def _checkpoint_names(directory):
-  """Names (ckpt-N) of the checkpoints in `directory` that have an index file."""
-  return sorted(os.path.basename(path)[:-len('.index')]
-                for path in glob.glob(os.path.join(glob.escape(directory), 'ckpt-*.index')))
-
-
-def _step_of(name):
-  return int(re.match(r'ckpt-(\d+)', name).group(1))
 
 
 @dataclasses.dataclass
@@ -95,7 +85,7 @@ def inspect(model_dir):
   pending = _read_json(os.path.join(directory, PENDING_FILE))
   state = BestState(history=[tuple(h) for h in record.get('history', [])],
                     early_stopped_at=record.get('early_stopped_at'))
-  on_disk = _checkpoint_names(directory)
+  on_disk = sorted(os.path.basename(path) for path in checkpoint_paths(directory))
   state.strays = [path for path in glob.glob(os.path.join(glob.escape(directory), 'ckpt-*'))
                   if os.path.basename(path).split('.')[0] not in on_disk]
   readable = []
@@ -234,7 +224,7 @@ class BestCheckpoint:
         self._set_aside(os.path.join(self.directory, name), 'No record values it and '
                         'a multi-worker run cannot evaluate it alone', files=True)
       unvalued = []
-    self.unvalued = [(os.path.join(self.directory, name), _step_of(name))
+    self.unvalued = [(os.path.join(self.directory, name), step_of(name))
                      for name in unvalued]
     if state.best is None and not self.unvalued and (state.damaged or state.changed):
       logging.warning('%s has no usable best checkpoint now: the next held-out '
@@ -307,7 +297,7 @@ class BestCheckpoint:
     name = self._free_name(step)
     if self.is_writer:
       os.makedirs(self.directory, exist_ok=True)
-      checkpoints.write_atomically(os.path.join(self.directory, PENDING_FILE), json.dumps(
+      storage.write_atomically(os.path.join(self.directory, PENDING_FILE), json.dumps(
           {'checkpoint': name, 'step': step, 'bits_per_dim': bits_per_dim}))
     os.makedirs(self._write_dir, exist_ok=True)
     self._checkpoint.write(os.path.join(self._write_dir, name))
@@ -335,7 +325,7 @@ class BestCheckpoint:
 
   def _write_record(self):
     os.makedirs(self.directory, exist_ok=True)
-    checkpoints.write_atomically(os.path.join(self.directory, RECORD_FILE), json.dumps({
+    storage.write_atomically(os.path.join(self.directory, RECORD_FILE), json.dumps({
         'checkpoint': self._name, 'step': self.best and self.best[0],
         'bits_per_dim': self.best and self.best[1], 'history': self.history,
         'early_stopped_at': self.early_stopped_at}, indent=1))

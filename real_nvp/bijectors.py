@@ -1,32 +1,31 @@
-"""TFP bijectors over the flow's Keras layers, and the factor-out bijector.
+"""The flow's tree (flow_tree.py) as a TFP bijector.
 
 TFP's convention: a bijector's `forward` is generative (latent -> data) and
 its `inverse` (data -> latent) is what `log_prob` uses. So
 
-    FlowLayerBijector(layer).forward(z) = layer.decode(z)
-    FlowLayerBijector(layer).inverse(x) = layer(x, training=...)
+    FlowBijector(tree).forward(z) = the tree walked latent -> data
+    FlowBijector(tree, training).inverse(x) = the tree walked data -> latent
 
-(or a run of layers in order; in training mode the run is differentiated
-as `memory_saving` says, see memory_saving.py).
+(in training mode each run of layers is differentiated as its node's
+`memory_saving` says, see memory_saving.py).
 
-Each layer computes its output and log-det in one pass; the bijectors store
-the log-det in TFP's cache with the output (`BijectorCacheWithGreedyAttrs`,
-as TFP's FFJORD does), so `log_prob` runs every s/t network, and updates
-every batch-norm average, exactly once.
+The walk computes the output and the log-det in one pass; the bijector
+stores the log-det in TFP's cache with the output
+(`BijectorCacheWithGreedyAttrs`, as TFP's FFJORD does), so `log_prob` runs
+every s/t network, and updates every batch-norm average, exactly once.
 
 Keras 3 variables are not tf.Module variables: `bijector.trainable_variables`
 is empty. The weights belong to the Keras layers (see `model.RealNVP`).
 """
 
-import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
 
-from real_nvp import memory_saving
+from real_nvp import flow_tree
 
 tfb = tfp.bijectors
 
-__all__ = ['FlowLayerBijector', 'FactorOut']
+__all__ = ['FlowBijector']
 
 _EVENT_NDIMS = 3  # [H, W, C]
 
@@ -74,99 +73,30 @@ class _ImageBijector(tfb.Bijector):
     return attrs['ildj']
 
 
-class FlowLayerBijector(_ImageBijector):
-  """A run of `FlowLayer`s as one TFP bijector (inverse: the layers in
-  order; forward: their decodes in reverse order).
+class FlowBijector(_ImageBijector):
+  """A flow tree (flow_tree.py) as one TFP bijector over image events.
 
   Args:
-    layers: a built `real_nvp.flow_layer.FlowLayer`, or a list of them.
+    tree: a flow_tree node whose layers are built.
     training: mode of the data -> latent direction (batch statistics and
       moving-average updates in batch norms). The latent -> data direction
       always runs in inference mode.
-    memory_saving: how the training-mode direction is differentiated (one of
-      `memory_saving.MODES`; the run is the unit that `invert` keeps the
-      output of).
   """
 
-  def __init__(self, layers, training=False, memory_saving='off', name=None):
+  def __init__(self, tree, training=False, name='real_nvp'):
     parameters = dict(locals())
-    self._layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    self._tree = tree
     self._training = training
-    self._memory_saving = memory_saving
-    super().__init__(parameters, name or '_'.join(layer.name for layer in self._layers))
-
-  @property
-  def layers(self):
-    return self._layers
-
-  def _augmented_forward(self, z):
-    log_det = None
-    for layer in reversed(self._layers):
-      z, step = layer.decode(z)
-      log_det = step if log_det is None else log_det + step
-    return z, self._attrs(log_det)
-
-  def _augmented_inverse(self, x):
-    if self._training:
-      z, log_det = memory_saving.apply(self._layers, x, self._memory_saving)
-    else:
-      log_det = None
-      for layer in self._layers:
-        x, step = layer(x, training=False)
-        log_det = step if log_det is None else log_det + step
-      z = x
-    return z, self._attrs(-log_det)
-
-  def _forward_event_shape(self, input_shape):
-    shape = input_shape.as_list()
-    for layer in reversed(self._layers):
-      shape = layer.decoded_shape(shape)
-    return tf.TensorShape(shape)
-
-  def _inverse_event_shape(self, output_shape):
-    shape = output_shape.as_list()
-    for layer in self._layers:
-      shape = layer.encoded_shape(shape)
-    return tf.TensorShape(shape)
-
-  def _forward_event_shape_tensor(self, input_shape):
-    return tf.constant(self._forward_event_shape(
-        tf.TensorShape(tf.get_static_value(input_shape).tolist())).as_list(), tf.int32)
-
-  def _inverse_event_shape_tensor(self, output_shape):
-    return tf.constant(self._inverse_event_shape(
-        tf.TensorShape(tf.get_static_value(output_shape).tolist())).as_list(), tf.int32)
-
-
-class FactorOut(_ImageBijector):
-  """Multi-scale factor-out (paper §3.6) on events [H, W, 2K].
-
-  Data -> latent: the first K channels are factored out (they go straight to
-  the latent); `inner` maps the other K to the latent of the coarser scales:
-
-      inverse([h_out, h_rest]) = [h_out, inner.inverse(h_rest)]
-
-  log-det = inner's. Shape preserving, so the whole flow maps [H, W, C] to a
-  latent of the same shape.
-  """
-
-  def __init__(self, inner, name='factor_out'):
-    parameters = dict(locals())
-    self._inner = inner
     super().__init__(parameters, name)
 
   @property
-  def inner(self):
-    return self._inner
+  def tree(self):
+    return self._tree
 
   def _augmented_forward(self, z):
-    z_out, z_rest = tf.split(z, 2, axis=-1)
-    x_rest = self._inner.forward(z_rest)
-    log_det = self._inner.forward_log_det_jacobian(z_rest, _EVENT_NDIMS)
-    return tf.concat([z_out, x_rest], axis=-1), self._attrs(log_det)
+    x, log_det = flow_tree.run(self._tree, z, inverse=True)
+    return x, self._attrs(log_det)
 
   def _augmented_inverse(self, x):
-    x_out, x_rest = tf.split(x, 2, axis=-1)
-    z_rest = self._inner.inverse(x_rest)
-    log_det = self._inner.inverse_log_det_jacobian(x_rest, _EVENT_NDIMS)
-    return tf.concat([x_out, z_rest], axis=-1), self._attrs(-log_det)
+    z, log_det = flow_tree.run(self._tree, x, training=self._training)
+    return z, self._attrs(-log_det)

@@ -1,108 +1,31 @@
-"""The model directory: checkpoints, the architecture, the run's settings, the
-writer's lock and atomic exports.
+"""The model directory's checkpoints: the weights by path, reading and
+verifying a checkpoint, restoring a model, watching for new checkpoints and
+moving damaged ones aside. The directory's layout and its listing of
+checkpoints: model_dir_layout.py; atomic writes and storage errors:
+storage.py.
 
-    {model_dir}/ckpt-N.index, ckpt-N.data-*   weights by path, optimizer, step
-    {model_dir}/checkpoint                    TF's checkpoint state
-    {model_dir}/config.json                   the FlowConfig of the checkpoints
-    {model_dir}/data.json, flags.txt          the data settings and every flag
-    {model_dir}/train.lock                    the writer (model_dir_lock.py)
-    {model_dir}/corrupt_checkpoints/          unreadable checkpoints, moved aside
-    {model_dir}/best/                         the best checkpoint (best_checkpoint.py)
-
-Every fault of the directory is reported with its path and what to do, as a
-`ModelDirError` (a ValueError), never a traceback from inside TensorFlow.
+Every fault is reported with its path and what to do, as a `ModelDirError`
+(a ValueError), never a traceback from inside TensorFlow.
 """
 
-import dataclasses
-import errno
 import glob
-import json
 import os
-import re
 import shutil
 
 import tensorflow as tf
 from absl import logging
 
-from real_nvp.config import FlowConfig
+from real_nvp.model_dir_layout import (CORRUPT_DIR, CheckpointMismatch, checkpoint_paths,
+                                       config_path, differences, read_config)
+from real_nvp.storage import ModelDirError
 
-__all__ = ['ModelDirError', 'CheckpointMismatch', 'StorageError',
-           'model_weights', 'check_config', 'write_config', 'read_config',
-           'checkpoint_paths', 'has_checkpoint', 'read_checkpoint',
-           'verify_readable', 'restore_model', 'clean_temporary_files',
-           'write_run_settings', 'read_data_settings', 'export_atomically',
-           'STORAGE_ERRORS', 'watch_checkpoints', 'quarantine', 'error_summary',
-           'is_disk_full', 'write_atomically', 'write_bytes_atomically', 'check_writable']
+__all__ = ['model_weights', 'read_checkpoint', 'verify_readable', 'restore_model',
+           'clean_temporary_files', 'watch_checkpoints', 'quarantine', 'error_summary']
 
-CONFIG_FILE = 'config.json'
-DATA_FILE = 'data.json'
-CORRUPT_DIR = 'corrupt_checkpoints'
 
 # What reading a damaged checkpoint raises (truncated index or data files,
 # bad checksums, "not an sstable", files gone between listing and reading).
 _READ_ERRORS = (tf.errors.OpError, IndexError, OSError)
-# What writing to a full or broken disk raises.
-STORAGE_ERRORS = (tf.errors.ResourceExhaustedError, tf.errors.UnknownError,
-                  tf.errors.InternalError, tf.errors.PermissionDeniedError,
-                  tf.errors.FailedPreconditionError, OSError)
-
-
-class ModelDirError(ValueError):
-  """A model directory cannot be used as asked; the message says why and how."""
-
-
-class CheckpointMismatch(ModelDirError):
-  """A checkpoint of another architecture."""
-
-
-class StorageError(ModelDirError):
-  """Writing to the model directory failed (full disk, permissions)."""
-
-
-# --- the architecture -------------------------------------------------------------
-
-
-def _config_path(model_dir):
-  return os.path.join(model_dir, CONFIG_FILE)
-
-
-def read_config(model_dir):
-  """The FlowConfig stored in model_dir, or None."""
-  path = _config_path(model_dir)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      return FlowConfig.from_json(f.read())
-  except (ValueError, TypeError) as error:
-    raise ModelDirError(f'{path} is not a valid model configuration ({error}). '
-                        'Restore it, or remove it if the directory holds no '
-                        'checkpoint.') from None
-
-
-def write_config(model_dir, flow_config):
-  write_atomically(_config_path(model_dir), flow_config.to_json())
-
-
-def _differences(stored, requested):
-  return ', '.join(
-      f'{field.name}: checkpoint {getattr(stored, field.name)!r} vs requested '
-      f'{getattr(requested, field.name)!r}'
-      for field in dataclasses.fields(FlowConfig)
-      if getattr(stored, field.name) != getattr(requested, field.name))
-
-
-def check_config(model_dir, flow_config):
-  """Raises CheckpointMismatch if model_dir holds checkpoints of another
-  architecture. A config.json without any checkpoint (a run that failed
-  before its first checkpoint) holds nothing and is not a mismatch."""
-  stored = read_config(model_dir)
-  if stored is None or stored == flow_config or not has_checkpoint(model_dir):
-    return
-  raise CheckpointMismatch(
-      f'{model_dir} holds a model of another architecture '
-      f'({_differences(stored, flow_config)}). Use another --model_dir, or the '
-      'same architecture flags.')
 
 
 # --- checkpoints ------------------------------------------------------------------
@@ -118,22 +41,6 @@ def model_weights(model):
   if len(weights) != len(model.variables):
     raise ValueError('Model variable paths are not unique.')
   return weights
-
-
-def _step_of(prefix):
-  match = re.search(r'-(\d+)$', prefix)
-  return int(match.group(1)) if match else -1
-
-
-def checkpoint_paths(model_dir):
-  """Checkpoint prefixes in model_dir (those with an index file), newest first."""
-  prefixes = [path[:-len('.index')]
-              for path in glob.glob(os.path.join(glob.escape(model_dir), 'ckpt-*.index'))]
-  return sorted(prefixes, key=_step_of, reverse=True)
-
-
-def has_checkpoint(model_dir):
-  return bool(checkpoint_paths(model_dir))
 
 
 def read_checkpoint(checkpoint, path):
@@ -207,13 +114,13 @@ def restore_model(model_dir, checkpoint=None, strategy=None):
   config = read_config(model_dir)
   if config is None:
     raise FileNotFoundError(
-        f'No trained model in {model_dir}: {_config_path(model_dir)} is missing.')
+        f'No trained model in {model_dir}: {config_path(model_dir)} is missing.')
   if checkpoint is not None:
     other = read_config(os.path.dirname(os.path.abspath(checkpoint)) or '.')
     if other is not None and other != config:
       raise CheckpointMismatch(
           f'Checkpoint {checkpoint} belongs to a model of another architecture '
-          f'than {model_dir} ({_differences(other, config)}).')
+          f'than {model_dir} ({differences(other, config)}).')
   with (strategy or tf.distribute.get_strategy()).scope():
     model = RealNVP(config)
     step = tf.Variable(0, dtype=tf.int64)
@@ -273,89 +180,3 @@ def quarantine(model_dir, path, reason, prefix=''):
   logging.warning('%s Moved its files to %s.', reason, target)
 
 
-# --- run settings -----------------------------------------------------------------
-
-
-def check_writable(path, is_directory=False):
-  """Raises StorageError, naming `path`, unless a file can be written there
-  (a directory: created if missing). Probes by writing, which permission bits
-  alone do not tell (root, read-only mounts, full disks)."""
-  directory = path if is_directory else os.path.dirname(os.path.abspath(path))
-  problem = None
-  if not is_directory and os.path.isdir(path):
-    problem = 'it is a directory'
-  else:
-    probe = os.path.join(directory, f'.write-probe-{os.getpid()}')
-    try:
-      os.makedirs(directory, exist_ok=True)
-      with open(probe, 'w') as f:
-        f.write('x')
-      os.remove(probe)
-    except OSError as error:
-      problem = error.strerror or str(error)
-  if problem:
-    raise StorageError(f'Cannot write {path} ({problem}); nothing was done. Choose '
-                       'another path, or fix the directory (permissions, space).')
-
-
-def write_atomically(path, text):
-  """Writes `text` to `path` through a temporary file and a rename."""
-  write_bytes_atomically(path, text.encode())
-
-
-def write_bytes_atomically(path, data):
-  """Writes `data` to `path` through a temporary file and a rename."""
-  temporary = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(temporary, 'wb') as f:
-      f.write(data)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
-
-
-def write_run_settings(model_dir, flags_text, data_settings):
-  """flags.txt (every resolved flag) and data.json (what eval.py reads back)."""
-  write_atomically(os.path.join(model_dir, 'flags.txt'), flags_text)
-  write_atomically(os.path.join(model_dir, DATA_FILE),
-                    json.dumps(data_settings, indent=2))
-
-
-def read_data_settings(model_dir):
-  path = os.path.join(model_dir, DATA_FILE)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-# --- exports ------------------------------------------------------------------------
-
-
-def export_atomically(write, export_dir):
-  """Runs write(directory) into a temporary sibling, then renames it into
-  place: `export_dir` is always a complete export (old or new) or absent."""
-  export_dir = os.path.normpath(export_dir)
-  temporary = f'{export_dir}.export-tmp-{os.getpid()}'
-  previous = f'{export_dir}.export-old-{os.getpid()}'
-  shutil.rmtree(temporary, ignore_errors=True)
-  try:
-    write(temporary)
-    if os.path.exists(export_dir):
-      os.rename(export_dir, previous)
-    os.rename(temporary, export_dir)
-  except BaseException:
-    shutil.rmtree(temporary, ignore_errors=True)
-    if os.path.exists(previous) and not os.path.exists(export_dir):
-      os.rename(previous, export_dir)
-    raise
-  shutil.rmtree(previous, ignore_errors=True)
-  return export_dir
-
-
-def is_disk_full(error):
-  return (isinstance(error, tf.errors.ResourceExhaustedError) or
-          getattr(error, 'errno', None) == errno.ENOSPC or
-          'No space left' in str(error))

@@ -13,8 +13,7 @@ import os
 from absl import flags
 
 from real_nvp import config as config_lib
-from real_nvp import checkpoints, data, distribute
-from real_nvp.dequantization import DEQUANTIZERS
+from real_nvp import data, distribute, model_dir_layout
 
 __all__ = ['define_flags', 'flow_config', 'train_config', 'model_dir', 'DATA_FLAGS',
            'ARCHITECTURE_FLAGS', 'run_data_source']
@@ -43,33 +42,18 @@ def define_flags():
   # Architecture (unset: the data set's preset).
   flags.DEFINE_enum('preset', None, sorted(config_lib.PRESETS),
                     'Architecture preset; default: the data set\'s.')
-  flags.DEFINE_integer('num_scales', None, 'Scales, the final one included.')
-  flags.DEFINE_integer('num_blocks', None, 'Residual blocks per s/t network.')
-  flags.DEFINE_integer('feature_maps', None, 'Feature maps of the first scale.')
-  flags.DEFINE_bool('flow_batch_norm', None, 'Batch norm after each coupling.')
-  flags.DEFINE_float('bn_momentum', None, 'Batch-norm moving-average momentum.')
-  flags.DEFINE_bool('bn_lag', None, 'Appendix E running-average statistics.')
-  flags.DEFINE_float('alpha', None, 'Logit preprocessing margin.')
-  flags.DEFINE_enum('dequantization', None, list(DEQUANTIZERS),
-                    'uniform: u = x + U[0, 1) (the paper, the default); '
-                    'variational: a learned conditional flow (Flow++).')
-  flags.DEFINE_integer('dequant_couplings', None,
-                       'Variational dequantizer: couplings per mask type.')
-  flags.DEFINE_integer('dequant_feature_maps', None,
-                       'Variational dequantizer: feature maps of its networks.')
-  flags.DEFINE_integer('dequant_blocks', None,
-                       'Variational dequantizer: residual blocks of its networks.')
+  for field in config_lib.ARCHITECTURE_FIELDS:
+    _define_setting(field, default=None)
 
 
-ARCHITECTURE_FLAGS = ('num_scales', 'num_blocks', 'feature_maps',
-                       'flow_batch_norm', 'bn_momentum', 'bn_lag', 'alpha',
-                       'dequantization', 'dequant_couplings',
-                       'dequant_feature_maps', 'dequant_blocks')
+# Architecture flags: FlowConfig's fields (unset: the data set's preset).
+ARCHITECTURE_FLAGS = tuple(field.name for field in config_lib.ARCHITECTURE_FIELDS)
 
 
-def _define_setting(field):
-  name, default, help_text = (config_lib.flag_name(field), field.default,
-                              field.metadata['help'])
+def _define_setting(field, default=dataclasses.MISSING):
+  """The flag of a TrainConfig or FlowConfig field (`default`: the field's)."""
+  name, help_text = config_lib.flag_name(field), field.metadata['help']
+  default = field.default if default is dataclasses.MISSING else default
   if field.metadata['choices']:
     flags.DEFINE_enum(name, default, [c for c in field.metadata['choices'] if c],
                       help_text)
@@ -126,7 +110,7 @@ def run_data_source(model_dir, split='eval', flag_values=flags.FLAGS):
   data flags name another; `split='train'` puts the training split where the
   held-out one is (to score or code it)."""
   settings = {name: flag_values[name].value for name in DATA_FLAGS}
-  stored = checkpoints.read_data_settings(model_dir)
+  stored = model_dir_layout.read_data_settings(model_dir)
   settings.update({k: v for k, v in stored.items() if not flag_values[k].present})
   source = data.load_dataset(settings['dataset'], settings['data_dir'],
                              settings['image_size'], settings['image_channels'])

@@ -23,7 +23,7 @@ import time
 from absl import app, flags, logging
 
 # real_nvp before TensorFlow: it chooses TF's CPU kernels (hardware.py).
-from real_nvp import best_checkpoint, checkpoints, cli_flags, data, hardware
+from real_nvp import best_checkpoint, checkpoints, cli_flags, data, hardware, storage
 import numpy as np  # noqa: E402  pylint: disable=g-bad-import-order
 from real_nvp.compression import CompressedFileError, Compressor, Precisions  # noqa: E402
 from real_nvp.evaluation import Evaluator  # noqa: E402
@@ -61,7 +61,7 @@ def _split_images(source, num_images):
 
 
 def _encode(flags_, model_dir, model, step, path):
-  checkpoints.check_writable(flags_.output)
+  storage.check_writable(flags_.output)
   source = cli_flags.run_data_source(model_dir, flags_.split)
   images = _split_images(source, flags_.num_images)
   compressor = Compressor(model, Precisions(flags_.dequantization_precision,
@@ -70,7 +70,7 @@ def _encode(flags_, model_dir, model, step, path):
   start = time.time()
   blob, info = compressor.encode(images)
   seconds = time.time() - start
-  checkpoints.write_bytes_atomically(flags_.output, blob)
+  storage.write_bytes_atomically(flags_.output, blob)
   evaluation = Evaluator(model, batch_size=flags_.batch_size, seed=flags_.seed)(
       source, len(images))
   dims = info['num_images'] * info['num_dims']
@@ -89,14 +89,14 @@ def _decode(flags_, model):
   if not flags_.input or not os.path.isfile(flags_.input):
     raise FileNotFoundError(f'--input={flags_.input}: no such file.')
   as_npz = flags_.output.endswith('.npz')
-  checkpoints.check_writable(flags_.output, is_directory=not as_npz)
+  storage.check_writable(flags_.output, is_directory=not as_npz)
   with open(flags_.input, 'rb') as f:
     blob = f.read()
   start = time.time()
   images = Compressor(model).decode(blob, flags_.allow_platform_mismatch)
   seconds = time.time() - start
   if as_npz:
-    checkpoints.write_bytes_atomically(flags_.output, _npz_bytes(images))
+    storage.write_bytes_atomically(flags_.output, _npz_bytes(images))
   else:
     _write_pngs(images, flags_.output)
   print(json.dumps({'num_images': len(images), 'output': os.path.abspath(flags_.output),
@@ -139,7 +139,7 @@ def main(argv):
   except (CompressedFileError, data.DataError, FileNotFoundError, ValueError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')
-  except checkpoints.STORAGE_ERRORS as error:
+  except storage.STORAGE_ERRORS as error:
     sys.exit(f'Error: writing {flags_.output} failed ({checkpoints.error_summary(error)}).')
 
 

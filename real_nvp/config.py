@@ -1,143 +1,26 @@
 """The flow's architecture and the training settings, each one validated
 value; the architecture presets.
 
-`TrainConfig`'s fields are the training flags (cli_flags.py defines one flag
-per field from its type, default, help and check), so a setting is added in
-one place.
+`TrainConfig`'s fields are the training flags, and `FlowConfig`'s (but the
+data's image shape and levels) the architecture flags: cli_flags.py defines
+one flag per field from its type, default, help and check, so a setting is
+added in one place.
 """
 
 import dataclasses
 import json
 import math
 
-__all__ = ['FlowConfig', 'TrainConfig', 'PRESETS', 'preset']
+__all__ = ['FlowConfig', 'TrainConfig', 'PRESETS', 'preset', 'DEQUANTIZERS',
+           'MEMORY_SAVING_MODES', 'ARCHITECTURE_FIELDS']
+
+# The names of the dequantizers (dequantization.py) and of the memory-saving
+# gradients (memory_saving.py), declared here only.
+DEQUANTIZERS = ('uniform', 'variational')
+MEMORY_SAVING_MODES = ('off', 'recompute', 'invert')
 
 
-@dataclasses.dataclass(frozen=True)
-class FlowConfig:
-  """Architecture and likelihood settings of a Real NVP model.
-
-  Attributes:
-    image_shape: (H, W, C) of the data.
-    levels: quantization levels L of the pixels (256 for 8-bit images).
-    num_scales: scales of the multi-scale architecture (paper §3.6), the last
-      (4 checkerboard couplings, no squeeze) included: CIFAR-10's "downscale
-      only once" is 2. H and W must be divisible by 2**(num_scales - 1).
-    num_blocks: residual blocks per s/t network.
-    feature_maps: feature maps of the s/t networks of the first scale's
-      checkerboard couplings; the channel couplings of a scale use twice as
-      many, and every scale doubles them (as the channels double).
-    flow_batch_norm: batch normalization after every coupling (paper §3.7).
-    bn_momentum: momentum of all batch-norm moving averages.
-    bn_lag: Appendix E's running-average statistics in training mode.
-    alpha: boundary margin of the logit preprocessing (paper §4.1).
-    dequantization: 'uniform' (the paper: u = x + U[0, 1)) or 'variational'
-      (Flow++: a learned conditional flow; see dequantization.py).
-    dequant_couplings, dequant_feature_maps, dequant_blocks: size of the
-      variational dequantizer: couplings per mask type, feature maps and
-      residual blocks of its s/t and context networks.
-  """
-  image_shape: tuple = (8, 8, 1)
-  levels: int = 256
-  num_scales: int = 2
-  num_blocks: int = 2
-  feature_maps: int = 32
-  flow_batch_norm: bool = True
-  bn_momentum: float = 0.95
-  bn_lag: bool = False
-  alpha: float = 0.05
-  dequantization: str = 'uniform'
-  dequant_couplings: int = 2
-  dequant_feature_maps: int = 32
-  dequant_blocks: int = 1
-
-  def __post_init__(self):
-    object.__setattr__(self, 'image_shape', tuple(int(d) for d in self.image_shape))
-    if len(self.image_shape) != 3 or min(self.image_shape) < 1:
-      raise ValueError('`image_shape` must be (height, width, channels) with '
-                       f'positive sizes. Received: image_shape={self.image_shape}')
-    if self.num_scales < 1:
-      raise ValueError(
-          f'`num_scales` must be >= 1. Received: num_scales={self.num_scales}')
-    factor = 2 ** (self.num_scales - 1)
-    height, width, _ = self.image_shape
-    if height % factor or width % factor:
-      raise ValueError(
-          f'num_scales={self.num_scales} squeezes the image '
-          f'{self.num_scales - 1} times, so height and width must be divisible '
-          f'by {factor}. Received: image_shape={self.image_shape}')
-    if not 2 <= self.levels <= 256:
-      raise ValueError('`levels` must be in [2, 256] (pixels are uint8). '
-                       f'Received: levels={self.levels}')
-    if self.num_blocks < 0 or self.feature_maps < 1:
-      raise ValueError(
-          '`num_blocks` must be >= 0 and `feature_maps` >= 1. Received: '
-          f'num_blocks={self.num_blocks}, feature_maps={self.feature_maps}')
-    if not 0. < self.alpha < 1.:
-      raise ValueError(f'`alpha` must be in (0, 1). Received: alpha={self.alpha}')
-    if not 0. <= self.bn_momentum < 1.:
-      raise ValueError('`bn_momentum` must be in [0, 1). Received: '
-                       f'bn_momentum={self.bn_momentum}')
-
-    if self.dequantization not in ('uniform', 'variational'):
-      raise ValueError("`dequantization` must be 'uniform' or 'variational'. "
-                       f'Received: dequantization={self.dequantization!r}')
-    if (self.dequant_couplings < 1 or self.dequant_feature_maps < 1 or
-        self.dequant_blocks < 0):
-      raise ValueError(
-          '`dequant_couplings` and `dequant_feature_maps` must be >= 1 and '
-          '`dequant_blocks` >= 0. Received: '
-          f'dequant_couplings={self.dequant_couplings}, '
-          f'dequant_feature_maps={self.dequant_feature_maps}, '
-          f'dequant_blocks={self.dequant_blocks}')
-
-  @property
-  def num_dims(self):
-    height, width, channels = self.image_shape
-    return height * width * channels
-
-  def to_json(self):
-    return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-  @classmethod
-  def from_json(cls, text):
-    return cls(**json.loads(text))
-
-  def replace(self, **changes):
-    return dataclasses.replace(self, **changes)
-
-
-PRESETS = {
-    # Paper §4.1: 8 residual blocks, 64 feature maps, downscale only once.
-    'cifar10': FlowConfig((32, 32, 3), num_scales=2, num_blocks=8,
-                          feature_maps=64),
-    # 32x32 sets: 4 residual blocks, 32 feature maps, recursion down to 4x4.
-    'imagenet32': FlowConfig((32, 32, 3), num_scales=4, num_blocks=4,
-                             feature_maps=32),
-    # 64x64 sets: 2 residual blocks, recursion down to 4x4.
-    'imagenet64': FlowConfig((64, 64, 3), num_scales=5, num_blocks=2,
-                             feature_maps=32),
-    'lsun': FlowConfig((64, 64, 3), num_scales=5, num_blocks=2,
-                       feature_maps=32),
-    'celeba': FlowConfig((64, 64, 3), num_scales=5, num_blocks=2,
-                         feature_maps=32),
-    # Small presets (ours): 28x28 -> 14x14 -> 7x7; 8x8 -> 4x4.
-    'mnist': FlowConfig((28, 28, 1), num_scales=3, num_blocks=4,
-                        feature_maps=32),
-    # 16 feature maps: 1,617 training digits overfit a wider net (measured).
-    'digits': FlowConfig((8, 8, 1), levels=17, num_scales=2, num_blocks=2,
-                         feature_maps=16, dequant_feature_maps=16),
-}
-
-
-def preset(name, **overrides):
-  """The named preset with `overrides` applied (e.g. num_blocks=4)."""
-  if name not in PRESETS:
-    raise ValueError(f'Unknown preset {name!r}; known: {sorted(PRESETS)}')
-  return PRESETS[name].replace(**overrides)
-
-
-# --- training settings ------------------------------------------------------------
+# --- settings: a field with its help, its check and its flag --------------------------
 
 
 def _at_least(bound):
@@ -171,6 +54,144 @@ def _setting(default, help, check=None, flag=None, choices=None):
     check = _choice(*choices)
   return dataclasses.field(default=default, metadata={
       'help': help, 'check': check, 'flag': flag, 'choices': choices})
+
+
+def _architecture(default, help, choices=None):
+  """A FlowConfig field; its flag defaults to the data set's preset."""
+  return dataclasses.field(default=default, metadata={
+      'help': help, 'check': None, 'flag': None, 'choices': choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+  """Architecture and likelihood settings of a Real NVP model.
+
+  Attributes:
+    image_shape: (H, W, C) of the data.
+    levels: quantization levels L of the pixels (256 for 8-bit images).
+    num_scales: scales of the multi-scale architecture (paper §3.6), the last
+      (4 checkerboard couplings, no squeeze) included: CIFAR-10's "downscale
+      only once" is 2. H and W must be divisible by 2**(num_scales - 1).
+    num_blocks: residual blocks per s/t network.
+    feature_maps: feature maps of the s/t networks of the first scale's
+      checkerboard couplings; the channel couplings of a scale use twice as
+      many, and every scale doubles them (as the channels double).
+    flow_batch_norm: batch normalization after every coupling (paper §3.7).
+    bn_momentum: momentum of all batch-norm moving averages.
+    bn_lag: Appendix E's running-average statistics in training mode.
+    alpha: boundary margin of the logit preprocessing (paper §4.1).
+    dequantization: 'uniform' (the paper: u = x + U[0, 1)) or 'variational'
+      (Flow++: a learned conditional flow; see dequantization.py).
+    dequant_couplings, dequant_feature_maps, dequant_blocks: size of the
+      variational dequantizer: couplings per mask type, feature maps and
+      residual blocks of its s/t and context networks.
+  """
+  image_shape: tuple = (8, 8, 1)  # of the data, not a flag
+  levels: int = 256  # of the data, not a flag
+  num_scales: int = _architecture(2, 'Scales, the final one included.')
+  num_blocks: int = _architecture(2, 'Residual blocks per s/t network.')
+  feature_maps: int = _architecture(32, 'Feature maps of the first scale.')
+  flow_batch_norm: bool = _architecture(True, 'Batch norm after each coupling.')
+  bn_momentum: float = _architecture(0.95, 'Batch-norm moving-average momentum.')
+  bn_lag: bool = _architecture(False, 'Appendix E running-average statistics.')
+  alpha: float = _architecture(0.05, 'Logit preprocessing margin.')
+  dequantization: str = _architecture(
+      'uniform', 'uniform: u = x + U[0, 1) (the paper, the default); variational: a '
+      'learned conditional flow (Flow++).', choices=DEQUANTIZERS)
+  dequant_couplings: int = _architecture(
+      2, 'Variational dequantizer: couplings per mask type.')
+  dequant_feature_maps: int = _architecture(
+      32, 'Variational dequantizer: feature maps of its networks.')
+  dequant_blocks: int = _architecture(
+      1, 'Variational dequantizer: residual blocks of its networks.')
+
+  def __post_init__(self):
+    object.__setattr__(self, 'image_shape', tuple(int(d) for d in self.image_shape))
+    if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+      raise ValueError('`image_shape` must be (height, width, channels) with '
+                       f'positive sizes. Received: image_shape={self.image_shape}')
+    if self.num_scales < 1:
+      raise ValueError(
+          f'`num_scales` must be >= 1. Received: num_scales={self.num_scales}')
+    factor = 2 ** (self.num_scales - 1)
+    height, width, _ = self.image_shape
+    if height % factor or width % factor:
+      raise ValueError(
+          f'num_scales={self.num_scales} squeezes the image '
+          f'{self.num_scales - 1} times, so height and width must be divisible '
+          f'by {factor}. Received: image_shape={self.image_shape}')
+    if not 2 <= self.levels <= 256:
+      raise ValueError('`levels` must be in [2, 256] (pixels are uint8). '
+                       f'Received: levels={self.levels}')
+    if self.num_blocks < 0 or self.feature_maps < 1:
+      raise ValueError(
+          '`num_blocks` must be >= 0 and `feature_maps` >= 1. Received: '
+          f'num_blocks={self.num_blocks}, feature_maps={self.feature_maps}')
+    if not 0. < self.alpha < 1.:
+      raise ValueError(f'`alpha` must be in (0, 1). Received: alpha={self.alpha}')
+    if not 0. <= self.bn_momentum < 1.:
+      raise ValueError('`bn_momentum` must be in [0, 1). Received: '
+                       f'bn_momentum={self.bn_momentum}')
+
+    if self.dequantization not in DEQUANTIZERS:
+      raise ValueError(f"`dequantization` must be one of {DEQUANTIZERS}. "
+                       f'Received: dequantization={self.dequantization!r}')
+    if (self.dequant_couplings < 1 or self.dequant_feature_maps < 1 or
+        self.dequant_blocks < 0):
+      raise ValueError(
+          '`dequant_couplings` and `dequant_feature_maps` must be >= 1 and '
+          '`dequant_blocks` >= 0. Received: '
+          f'dequant_couplings={self.dequant_couplings}, '
+          f'dequant_feature_maps={self.dequant_feature_maps}, '
+          f'dequant_blocks={self.dequant_blocks}')
+
+  @property
+  def num_dims(self):
+    height, width, channels = self.image_shape
+    return height * width * channels
+
+  def to_json(self):
+    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text):
+    return cls(**json.loads(text))
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+
+# The FlowConfig fields that are flags (unset: the data set's preset).
+ARCHITECTURE_FIELDS = tuple(f for f in dataclasses.fields(FlowConfig) if f.metadata)
+
+PRESETS = {
+    # Paper §4.1: 8 residual blocks, 64 feature maps, downscale only once.
+    'cifar10': FlowConfig((32, 32, 3), num_scales=2, num_blocks=8,
+                          feature_maps=64),
+    # 32x32 sets: 4 residual blocks, 32 feature maps, recursion down to 4x4.
+    'imagenet32': FlowConfig((32, 32, 3), num_scales=4, num_blocks=4,
+                             feature_maps=32),
+    # 64x64 sets: 2 residual blocks, recursion down to 4x4.
+    'imagenet64': FlowConfig((64, 64, 3), num_scales=5, num_blocks=2,
+                             feature_maps=32),
+    'lsun': FlowConfig((64, 64, 3), num_scales=5, num_blocks=2,
+                       feature_maps=32),
+    'celeba': FlowConfig((64, 64, 3), num_scales=5, num_blocks=2,
+                         feature_maps=32),
+    # Small presets (ours): 28x28 -> 14x14 -> 7x7; 8x8 -> 4x4.
+    'mnist': FlowConfig((28, 28, 1), num_scales=3, num_blocks=4,
+                        feature_maps=32),
+    # 16 feature maps: 1,617 training digits overfit a wider net (measured).
+    'digits': FlowConfig((8, 8, 1), levels=17, num_scales=2, num_blocks=2,
+                         feature_maps=16, dequant_feature_maps=16),
+}
+
+
+def preset(name, **overrides):
+  """The named preset with `overrides` applied (e.g. num_blocks=4)."""
+  if name not in PRESETS:
+    raise ValueError(f'Unknown preset {name!r}; known: {sorted(PRESETS)}')
+  return PRESETS[name].replace(**overrides)
 
 
 @dataclasses.dataclass
@@ -219,7 +240,7 @@ class TrainConfig:
       'activation), recompute (each coupling\'s input; its s/t network runs '
       'again), invert (each scale\'s output; the layers\' inverses reconstruct '
       'their inputs). Less memory for more time; the same model and gradients.',
-      choices=('off', 'recompute', 'invert'))
+      choices=MEMORY_SAVING_MODES)
   steps_per_loop: int = _setting(
       0, 'Training steps per device-loop call (one tf.function, read back once); '
       'any value gives the same results. 0: as many as take about a second '

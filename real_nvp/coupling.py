@@ -18,7 +18,7 @@ log-det sum(s). Partitions: partition.py; transforms: transforms.py.
 import numpy as np
 import tensorflow as tf
 
-from real_nvp.coding import AffineMap
+from real_nvp.coding_maps import AffineMap
 from real_nvp.flow_layer import FlowLayer
 from real_nvp.partition import make_partition
 from real_nvp.st_network import STNetwork
@@ -39,6 +39,9 @@ class Coupling(FlowLayer):
       default: the layer's own. The coupling itself computes in its own dtype.
     transform: name of the element-wise transform in `transforms.TRANSFORMS`.
   """
+
+  takes_context = True
+  recompute_as_unit = True
 
   def __init__(self, mask_type, parity, num_blocks, feature_maps,
                bn_momentum=0.95, st_dtype=None, transform='affine', **kwargs):

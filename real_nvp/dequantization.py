@@ -27,14 +27,15 @@ import keras
 import tensorflow as tf
 from tensorflow.python.ops import gen_stateless_random_ops_v2
 
-from real_nvp import memory_saving as memory_saving_lib
+from real_nvp import flow_tree
 from real_nvp.coupling import Coupling
+from real_nvp.squeeze import Squeeze
 from real_nvp.st_network import STNetwork
 
 # tf.random.stateless_*'s default algorithm (Philox on CPUs and GPUs).
 _AUTO_SELECT = 3
 
-__all__ = ['UniformDequantizer', 'VariationalDequantizer', 'DEQUANTIZERS',
+__all__ = ['UniformDequantizer', 'VariationalDequantizer',
            'MAX_DEQUANT_SAMPLES', 'make_dequantizer', 'base_noise', 'inside_bins',
            'stateless_seed']
 
@@ -129,20 +130,32 @@ def inside_bins(images, noise):
   return tf.minimum(pixels + noise, tf.math.nextafter(pixels + 1., pixels))
 
 
-class UniformDequantizer(keras.layers.Layer):
-  """u = x + U[0, 1)^D, log q(u|x) = 0 (paper §4.1)."""
+class Dequantizer(keras.layers.Layer):
+  """q(u|x): `transform` maps base noise to (u, log q(u|x)); `sample` draws
+  the noise too. Subclasses set `noise_distribution` and define `transform`
+  (and `context`, when the map is conditioned on features of the image)."""
 
-  noise_distribution = 'uniform'
+  noise_distribution = None
 
   def context(self, images, training=False):
     del images, training
     return None
 
-  def transform(self, images, noise, context=None, training=False,
-                memory_saving='off'):
-    """(u, log q(u|x)) [B]: images [B, H, W, C], noise [B, H, W, C]."""
-    del context, training, memory_saving
-    return inside_bins(images, noise), tf.zeros(tf.shape(noise)[:1], noise.dtype)
+  def sample(self, images, seed, num_samples=1, first_draw=0, training=False,
+             context=None):
+    """u ~ q(u|x) and log q(u|x): draws first_draw .. first_draw + K - 1 of
+    every image, as one batch of K B examples (draw-major): (u [K B, H, W, C],
+    log q [K B]). `seed`: see `base_noise`; `context`: this dequantizer's
+    context of the images, when the caller has it already."""
+    noise = base_noise(self.noise_distribution, images, seed, num_samples,
+                       self.compute_dtype, first_draw)
+    if context is None:
+      context = self.context(images, training)
+    if isinstance(num_samples, int) and num_samples == 1:
+      return self.transform(images, noise[0], context, training)
+    tiled = _tile(images, num_samples)
+    return self.transform(tiled, tf.reshape(noise, tf.shape(tiled)),
+                          _tile(context, num_samples), training)
 
   def regularized_weights(self):
     return []
@@ -151,7 +164,25 @@ class UniformDequantizer(keras.layers.Layer):
     return 0
 
 
-class VariationalDequantizer(keras.layers.Layer):
+def _tile(batch, count):
+  """[B, ...] -> [count B, ...], the batch repeated (None stays None)."""
+  if batch is None:
+    return None
+  return tf.tile(batch, tf.concat([[count], tf.ones([batch.shape.rank - 1], tf.int32)], 0))
+
+
+class UniformDequantizer(Dequantizer):
+  """u = x + U[0, 1)^D, log q(u|x) = 0 (paper §4.1)."""
+
+  noise_distribution = 'uniform'
+
+  def transform(self, images, noise, context=None, training=False):
+    """(u, log q(u|x)) [B]: images [B, H, W, C], noise [B, H, W, C]."""
+    del context, training
+    return inside_bins(images, noise), tf.zeros(tf.shape(noise)[:1], noise.dtype)
+
+
+class VariationalDequantizer(Dequantizer):
   """Flow++'s variational dequantization; see the module docstring.
 
   g, on ε [B, H, W, C] (data -> latent direction of each coupling):
@@ -168,12 +199,14 @@ class VariationalDequantizer(keras.layers.Layer):
       network (which has `num_blocks` residual blocks too).
     bn_momentum: momentum of the s/t networks' batch norms.
     st_dtype: dtype policy of the networks (see `Coupling`).
+    memory_saving: how training mode is differentiated (memory_saving.py).
   """
 
   noise_distribution = 'normal'
 
   def __init__(self, image_shape, levels, num_couplings=2, feature_maps=32,
-               num_blocks=1, bn_momentum=0.95, st_dtype=None, **kwargs):
+               num_blocks=1, bn_momentum=0.95, st_dtype=None, memory_saving='off',
+               **kwargs):
     super().__init__(**kwargs)
     if num_couplings < 1 or feature_maps < 1 or num_blocks < 0:
       raise ValueError(
@@ -190,10 +223,19 @@ class VariationalDequantizer(keras.layers.Layer):
     self.context_net = STNetwork(
         feature_maps, num_blocks, feature_maps, bn_momentum,
         zero_init_output=False, name='dequant_context_net', dtype=st_dtype or self.dtype_policy)
+    # Attributes, so that Keras tracks the layers (in this order: the weights'
+    # order, which the compressed file's model fingerprint reads).
     self.checkerboard = self._couplings('checkerboard')
     height, width = self.image_shape[:2]
     self.channel = (self._couplings('channel') if height % 2 == 0 and width % 2 == 0
                     else [])
+    stages = [flow_tree.Steps(self.checkerboard, memory_saving)]
+    if self.channel:
+      squeeze = flow_tree.Steps([Squeeze(name='dequant_squeeze')])
+      stages += [squeeze, flow_tree.Steps(self.channel, memory_saving),
+                 flow_tree.Inverted(squeeze)]
+    # g: ε -> v data -> latent; the context is squeezed with the data.
+    self.flow = flow_tree.Chain(stages)
     self.built = True  # The sublayers build on first use.
 
   def _couplings(self, mask_type):
@@ -207,42 +249,11 @@ class VariationalDequantizer(keras.layers.Layer):
     scaled = (tf.cast(images, self.compute_dtype) + 0.5) / self.levels - 0.5
     return tf.cast(self.context_net(scaled, training=training), self.compute_dtype)
 
-  def _flow(self, h, context, training, inverse=False, memory_saving='off'):
-    """g(ε) (or g^-1(v) with `inverse`) and its log-det, with the context;
-    training mode is differentiated as `memory_saving` says."""
-    log_det = tf.zeros(tf.shape(h)[:1], h.dtype)
-
-    def run(layers, h, context, log_det):
-      if training and not inverse:
-        h, steps = memory_saving_lib.apply(layers, h, memory_saving, context)
-        return h, log_det + steps
-      for layer in (reversed(layers) if inverse else layers):
-        if inverse:
-          h, step = layer.decode(h, context=context)
-        else:
-          h, step = layer(h, training=training, context=context)
-        log_det += step
-      return h, log_det
-
-    stages = [(self.checkerboard, False), (self.channel, True)]
-    for layers, squeezed in (reversed(stages) if inverse else stages):
-      if not layers:
-        continue
-      if squeezed:
-        h = tf.nn.space_to_depth(h, 2)
-        h, log_det = run(layers, h, tf.nn.space_to_depth(context, 2), log_det)
-        h = tf.nn.depth_to_space(h, 2)
-      else:
-        h, log_det = run(layers, h, context, log_det)
-    return h, log_det
-
-  def transform(self, images, noise, context=None, training=False,
-                memory_saving='off'):
-    """(u, log q(u|x)) [B] for base noise ε [B, H, W, C]; `memory_saving`:
-    how training mode is differentiated (memory_saving.py)."""
+  def transform(self, images, noise, context=None, training=False):
+    """(u, log q(u|x)) [B] for base noise ε [B, H, W, C]."""
     if context is None:
       context = self.context(images, training)
-    v, log_det = self._flow(noise, context, training, memory_saving=memory_saving)
+    v, log_det = flow_tree.run(self.flow, noise, training=training, context=context)
     log_normal = tf.reduce_sum(-0.5 * tf.square(noise) - 0.5 * math.log(2 * math.pi),
                                axis=[1, 2, 3])
     log_sigmoid_slope = tf.reduce_sum(-tf.nn.softplus(-v) - tf.nn.softplus(v),
@@ -254,17 +265,15 @@ class VariationalDequantizer(keras.layers.Layer):
     """ε with transform(images, ε)[0] = u (inference mode): g^-1(logit(u - x))."""
     fraction = u - tf.cast(images, u.dtype)
     v = tf.math.log(fraction) - tf.math.log1p(-fraction)
-    return self._flow(v, self.context(images), training=False, inverse=True)[0]
+    return flow_tree.run(self.flow, v, inverse=True, context=self.context(images))[0]
 
   def regularized_weights(self):
-    couplings = self.checkerboard + self.channel
     return self.context_net.gains + [
-        gain for layer in couplings for gain in layer.regularized_weights()]
+        gain for layer in self.flow.all_layers() for gain in layer.regularized_weights()]
 
   def flops_per_example(self):
-    couplings = self.checkerboard + self.channel
     return self.context_net.flops_per_example() + sum(
-        layer.flops_per_example() for layer in couplings)
+        layer.flops_per_example() for layer in self.flow.all_layers())
 
   def get_config(self):
     return {**super().get_config(), 'image_shape': self.image_shape,
@@ -274,13 +283,11 @@ class VariationalDequantizer(keras.layers.Layer):
             'bn_momentum': self.bn_momentum, 'st_dtype': self.st_dtype}
 
 
-DEQUANTIZERS = ('uniform', 'variational')
-
-
-def make_dequantizer(config, st_dtype=None):
+def make_dequantizer(config, st_dtype=None, memory_saving='off'):
   """The dequantizer a FlowConfig describes."""
   if config.dequantization == 'uniform':
     return UniformDequantizer(name='dequantizer')
   return VariationalDequantizer(
       config.image_shape, config.levels, config.dequant_couplings, config.dequant_feature_maps,
-      config.dequant_blocks, config.bn_momentum, st_dtype, name='dequantizer')
+      config.dequant_blocks, config.bn_momentum, st_dtype, memory_saving,
+      name='dequantizer')

@@ -36,7 +36,7 @@ import os
 
 import tensorflow as tf
 
-from real_nvp import checkpoints
+from real_nvp import checkpoints, storage
 from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
 
 __all__ = ['export_saved_model', 'MAX_SAMPLES', 'SAMPLE_BATCH']
@@ -124,7 +124,7 @@ class _ExportModule(tf.Module):
 
 def export_saved_model(model, export_dir):
   """Writes `model` as a SavedModel with the signatures of the module docstring,
-  atomically (see `checkpoints.export_atomically`)."""
+  atomically (see `storage.export_atomically`)."""
   module = _ExportModule(model)
   signatures = {name: getattr(module, name) for name in
                 ('sample', 'log_prob', 'bits_per_dim', 'bits_per_dim_iw',
@@ -135,4 +135,4 @@ def export_saved_model(model, export_dir):
     with open(os.path.join(directory, 'real_nvp_config.json'), 'w') as f:
       json.dump(json.loads(model.config.to_json()), f, indent=2, sort_keys=True)
 
-  return checkpoints.export_atomically(write, export_dir)
+  return storage.export_atomically(write, export_dir)

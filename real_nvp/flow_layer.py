@@ -13,9 +13,11 @@ the *latent* side is the Gaussian side.
   without batch norms): the memory-saving gradient reconstructs layer
   inputs with it (memory_saving.py).
 
-The TFP wrappers in `bijectors.py` map `decode` to a bijector's `forward`
-(generative, TFP's convention) and `call` to its `inverse`. `coding_map`
-describes the layer to the lossless coder (compression.py).
+Layers are composed by the flow tree (flow_tree.py) and run by
+layer_run.py; the TFP wrapper (`bijectors.py`) maps the tree's latent -> data
+walk to a bijector's `forward` (generative, TFP's convention) and the data
+-> latent walk to its `inverse`. `permutation` and `coding_map` describe the
+layer to the latents' layout and to the lossless coder (compression.py).
 """
 
 import keras
@@ -32,6 +34,26 @@ class FlowLayer(keras.layers.Layer):
   the event shape, and `regularized_weights` / `flops_per_example` if they
   hold networks (the trainer's L2 penalty and the benchmark ask every layer).
   """
+
+  # Whether the layer's `call` and `decode` take a `context` keyword (features
+  # of the image that the variational dequantizer's couplings condition on).
+  takes_context = False
+  # Whether `--memory_saving=recompute` makes the layer one op that keeps its
+  # input and runs again in the backward pass (the couplings: their s/t
+  # networks hold the activations worth dropping).
+  recompute_as_unit = False
+
+  def encoded_context(self, context):
+    """The context in the latent-side layout of this layer (the same by default)."""
+    return context
+
+  def decoded_context(self, context):
+    """Inverse of `encoded_context`."""
+    return context
+
+  def permutation(self):
+    """A `Permutation` when the layer only moves values (the squeeze); None."""
+    return None
 
   def encoded_shape(self, data_shape):
     """Event shape [H, W, C] on the latent side for a data-side event shape."""

@@ -16,7 +16,8 @@ The flow allows two cheaper gradients:
   pass recorded (batch_statistics.py), per channel; the reconstruction in
   float32 is close but not bit-exact, and so are the gradients.
 
-How the ops are built (`_saving_op`):
+How the ops are built (`_stateless_op`, shared by `recomputing_op` and
+`inverting_op`; layer_run.py chooses between them):
 - The layers' variables enter the op as tensors read before it (so autodiff
   carries their gradients on to the variables), and a Keras StatelessScope
   maps the variables to them inside: the op reads no variable, so
@@ -33,42 +34,62 @@ import keras
 import tensorflow as tf
 
 from real_nvp import batch_statistics
-from real_nvp.coupling import Coupling
 
-__all__ = ['MODES', 'apply']
-
-MODES = ('off', 'recompute', 'invert')
+__all__ = ['recomputing_op', 'inverting_op']
 
 
-def apply(layers, x, mode, context=None):
-  """Data -> latent through `layers` (in order) in training mode, with the
-  gradient of `mode`: (y, log_det [B]). `context` goes to every layer (the
-  couplings of the variational dequantizer)."""
-  if mode not in MODES:
-    raise ValueError(f'`memory_saving` must be one of {MODES}. Received: {mode!r}')
-  if mode == 'invert':
-    return _saving_op(layers, x, context, keep_input=False)
-  return _run(layers, x, context, _recomputed_call if mode == 'recompute' else _call)
+def recomputing_op(layers, x, context, run):
+  """`run(layers, x, context)` (the training-mode map: (y, log_det)) as one
+  op whose backward pass keeps x and runs the layers again under a tape."""
+
+  def backward(op_inputs, outputs, gradients, scope, record):
+    del outputs, record
+    x, context, values = op_inputs.x, op_inputs.context, op_inputs.values
+    x = _after(x, gradients[0])
+    sources = [x] + ([] if context is None else [context]) + values
+    with tf.GradientTape() as tape:
+      tape.watch(sources)
+      with scope(values):
+        recomputed = run(layers, x, context)
+    grads = tape.gradient(recomputed, sources, output_gradients=gradients,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return op_inputs.split(grads)
+
+  return _stateless_op(layers, x, context, run, backward)
 
 
-def _call(layer, x, context):
-  if context is None:
-    return layer(x, training=True)
-  return layer(x, training=True, context=context)
+def inverting_op(layers, x, context, run):
+  """`run(layers, x, context)` as one op whose backward pass keeps only the
+  output y and walks the layers from the end, each reconstructing its input
+  (`FlowLayer.rerun_from_output`) with the recorded batch statistics."""
 
+  def backward(op_inputs, outputs, gradients, scope, record):
+    y, context, values = outputs[0], op_inputs.context, op_inputs.values
+    d_y, d_log_det = gradients
+    d_values = [None] * len(values)
+    d_context = None if context is None else tf.zeros_like(context)
+    extra = [] if context is None else [context]
+    for layer in reversed(layers):
+      own = op_inputs.trainable_of(layer)
+      y = _after(y, d_y)
+      with tf.GradientTape() as tape:
+        tape.watch([y] + extra + [values[i] for i in own])
+        with scope(values), batch_statistics.replaying(record):
+          x, recomputed = layer.rerun_from_output(y, tape.watch, context)
+      sources = [x, y] + extra + [values[i] for i in own]
+      grads = tape.gradient(recomputed, sources, output_gradients=[d_y, d_log_det])
+      grads = [tf.zeros_like(source) if grad is None and k != 1 else grad
+               for k, (source, grad) in enumerate(zip(sources, grads))]
+      # Where the rerun read x's values from y, x's gradient has two parts.
+      d_y = grads[0] if grads[1] is None else grads[0] + grads[1]
+      if context is not None:
+        d_context += grads[2]
+      for i, grad in zip(own, grads[2 + len(extra):]):
+        d_values[i] = grad
+      y = x
+    return d_y, d_context, d_values
 
-def _recomputed_call(layer, x, context):
-  if isinstance(layer, Coupling):
-    return _saving_op([layer], x, context, keep_input=True)
-  return _call(layer, x, context)
-
-
-def _run(layers, x, context, call=_call):
-  log_det = None
-  for layer in layers:
-    x, step = call(layer, x, context)
-    log_det = step if log_det is None else log_det + step
-  return x, log_det
+  return _stateless_op(layers, x, context, run, backward)
 
 
 def _after(tensor, gradient):
@@ -80,35 +101,48 @@ def _after(tensor, gradient):
   return tensor * one
 
 
-def _saving_op(layers, x, context, keep_input):
-  """The layers' training-mode map as one op whose gradient keeps their input
-  (`keep_input`, recompute) or their output (invert); see the module
-  docstring."""
+class _OpInputs:
+  """The op's inputs: x, the optional context and the trainable variables'
+  values, flat as `tf.custom_gradient` passes them (and their gradients)."""
+
+  def __init__(self, layers, args, has_context):
+    self.trainable = [v for layer in layers for v in layer.variables if v.trainable]
+    self.has_context = has_context
+    self.x, self.context, self.values = self.split(args)
+
+  def split(self, args):
+    """(x, context, values) of flat arguments (or of their gradients)."""
+    count = 2 if self.has_context else 1
+    return args[0], (args[1] if self.has_context else None), list(args[count:])
+
+  def trainable_of(self, layer):
+    return [i for i, v in enumerate(self.trainable)
+            if any(v is w for w in layer.trainable_variables)]
+
+
+def _stateless_op(layers, x, context, run, backward):
+  """The layers' training-mode map as one `tf.custom_gradient` op with the
+  gradient `backward(op_inputs, (y, log_det), (d_y, d_log_det), scope,
+  record)` -> (d_x, d_context, d_values); see the module docstring."""
   variables = [v for layer in layers for v in layer.variables]
   trainable = [v for v in variables if v.trainable]
   averages = [v for v in variables if not v.trainable]
   # The averages as they were before the step: every pass of the op reads these.
   before = [tf.convert_to_tensor(v) for v in averages]
-  inputs = [x] if context is None else [x, context]
 
   def scope(values):
     return keras.StatelessScope(
         state_mapping=list(zip(trainable, values)) + list(zip(averages, before)))
 
-  def split(args):
-    """(x, context, values) of the op's flat arguments (or their gradients)."""
-    count = len(inputs)
-    return args[0], (args[1] if count > 1 else None), list(args[count:])
-
   @tf.custom_gradient
   def op(*args):
-    x, context, values = split(args)
+    op_inputs = _OpInputs(layers, args, context is not None)
     record = batch_statistics.StatisticsRecord()
-    forward = scope([tf.stop_gradient(v) for v in values])
+    forward = scope([tf.stop_gradient(v) for v in op_inputs.values])
     initial = {id(v): forward.get_current_value(v) for v in averages}
     with forward, batch_statistics.recording(record):
-      y, log_det = _run(layers, tf.stop_gradient(x),
-                        None if context is None else tf.stop_gradient(context))
+      y, log_det = run(layers, tf.stop_gradient(op_inputs.x),
+                       None if context is None else tf.stop_gradient(op_inputs.context))
     for average in averages:
       value = forward.get_current_value(average)
       if value is not initial[id(average)]:
@@ -118,51 +152,13 @@ def _saving_op(layers, x, context, keep_input):
       if variables:
         raise AssertionError('A memory-saving op read variables it was not given: '
                              f'{[v.name for v in variables]}')
-      d_log_det = tf.zeros_like(log_det) if d_log_det is None else d_log_det
-      d_y = tf.zeros_like(y) if d_y is None else d_y
-      if keep_input:
-        d_x, d_context, d_values = _recompute(x, context, values, d_y, d_log_det)
-      else:
-        d_x, d_context, d_values = _invert(y, context, values, d_y, d_log_det,
-                                           record)
+      gradients = [tf.zeros_like(y) if d_y is None else d_y,
+                   tf.zeros_like(log_det) if d_log_det is None else d_log_det]
+      d_x, d_context, d_values = backward(op_inputs, (y, log_det), gradients, scope,
+                                          record)
       return [d_x] + ([] if context is None else [d_context]) + d_values
-
-    def _recompute(x, context, values, d_y, d_log_det):
-      x = _after(x, d_y)
-      sources = [x] + ([] if context is None else [context]) + values
-      with tf.GradientTape() as tape:
-        tape.watch(sources)
-        with scope(values):
-          outputs = _run(layers, x, context)
-      grads = tape.gradient(outputs, sources, output_gradients=[d_y, d_log_det],
-                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      return split(grads)
-
-    def _invert(y, context, values, d_y, d_log_det, record):
-      d_values = [None] * len(values)
-      d_context = None if context is None else tf.zeros_like(context)
-      for layer in reversed(layers):
-        own = [i for i, v in enumerate(trainable)
-               if any(v is w for w in layer.trainable_variables)]
-        y = _after(y, d_y)
-        extra = [] if context is None else [context]
-        with tf.GradientTape() as tape:
-          tape.watch([y] + extra + [values[i] for i in own])
-          with scope(values), batch_statistics.replaying(record):
-            x, outputs = layer.rerun_from_output(y, tape.watch, context)
-        sources = [x, y] + extra + [values[i] for i in own]
-        grads = tape.gradient(outputs, sources, output_gradients=[d_y, d_log_det])
-        grads = [tf.zeros_like(source) if grad is None and k != 1 else grad
-                 for k, (source, grad) in enumerate(zip(sources, grads))]
-        # Where the rerun read x's values from y, x's gradient has two parts.
-        d_y = grads[0] if grads[1] is None else grads[0] + grads[1]
-        if context is not None:
-          d_context += grads[2]
-        for i, grad in zip(own, grads[2 + len(extra):]):
-          d_values[i] = grad
-        y = x
-      return d_y, d_context, d_values
 
     return (y, log_det), grad
 
+  inputs = [x] if context is None else [x, context]
   return op(*inputs, *[tf.convert_to_tensor(v) for v in trainable])

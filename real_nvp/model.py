@@ -14,7 +14,9 @@ Scale i < last, data -> latent, on h [H, W, C]:
 Last scale: 4 checkerboard couplings, each followed by flow BN.
 
 The latent z has the image's shape, so the prior is a unit Gaussian over
-[H, W, C]; `split_latents` / `merge_latents` give the per-scale latents.
+[H, W, C]. The order is built once, as a tree (flow_tree.py): `model.flow`;
+the TFP bijector wraps it, the per-scale latents' layout is derived from it
+(`split_latents` / `merge_latents`), and the lossless coder walks it.
 
 The objective is the model's: `log_weights` draws K dequantizations
 u_k ~ q(u|x) from a stateless seed and returns log p(u_k) - log q(u_k|x);
@@ -30,13 +32,12 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from real_nvp import preprocess
+from real_nvp import flow_tree, preprocess
 from real_nvp.batch_norm import FlowBatchNorm
-from real_nvp.bijectors import FactorOut, FlowLayerBijector
-from real_nvp.config import FlowConfig
+from real_nvp.bijectors import FlowBijector
+from real_nvp.config import MEMORY_SAVING_MODES, FlowConfig
 from real_nvp.coupling import Coupling
-from real_nvp.dequantization import base_noise, make_dequantizer, stateless_seed
-from real_nvp.memory_saving import MODES as MEMORY_SAVING_MODES
+from real_nvp.dequantization import make_dequantizer, stateless_seed
 from real_nvp.squeeze import Squeeze
 
 tfb = tfp.bijectors
@@ -58,6 +59,11 @@ class RealNVP(keras.Model):
     memory_saving: how training mode is differentiated, one of
       `memory_saving.MODES` (see memory_saving.py): a setting of the run,
       not of the architecture; it may change between runs of a checkpoint.
+
+  Attributes:
+    flow: the flow from the preprocessing's input u to the latent z, a
+      flow_tree node built once; `dequantizer` holds its own.
+    latent_layout: where each scale's latent sits in z (derived from `flow`).
   """
 
   def __init__(self, config, st_dtype=None, memory_saving='off', **kwargs):
@@ -70,10 +76,13 @@ class RealNVP(keras.Model):
     self.config = config
     self._st_dtype = st_dtype
     self.memory_saving = memory_saving
-    self.dequantizer = make_dequantizer(config, st_dtype)
+    self.dequantizer = make_dequantizer(config, st_dtype, memory_saving)
+    # Attributes, so that Keras tracks the layers; the tree is built from them.
     self.preprocess = preprocess.LogitPreprocess(
         config.levels, config.alpha, name='preprocess')
     self.scales = [self._make_scale(i) for i in range(config.num_scales)]
+    self.flow = flow_tree.Chain([flow_tree.Steps([self.preprocess]), self._scale_tree(0)])
+    self.latent_layout = flow_tree.LatentLayout(self.flow, config.image_shape)
     self._build_layers()
 
   # --- construction -------------------------------------------------------
@@ -101,6 +110,15 @@ class RealNVP(keras.Model):
             [Squeeze(name=f'{prefix}_squeeze')] +
             self._coupling_steps('channel', 3, 2 * feature_maps, prefix))
 
+  def _scale_tree(self, index):
+    """Scale `index` and the coarser ones, data -> latent (module docstring)."""
+    steps = flow_tree.Steps(self.scales[index], self.memory_saving)
+    if index == len(self.scales) - 1:
+      return steps
+    squeeze = next(layer for layer in self.scales[index] if isinstance(layer, Squeeze))
+    return flow_tree.Chain([steps, flow_tree.FactorOut(self._scale_tree(index + 1)),
+                            flow_tree.Inverted(flow_tree.Steps([squeeze]))])
+
   def _build_layers(self):
     images = tf.zeros((1,) + self.config.image_shape, tf.uint8)
     self.log_weights(images)
@@ -109,28 +127,17 @@ class RealNVP(keras.Model):
   # --- the flow as TFP objects --------------------------------------------
 
   def bijector(self, training=False):
-    """tfb.Chain: forward latent z -> dequantized pixels u; inverse u -> z.
+    """TFP bijector of `flow`: forward latent z -> dequantized pixels u;
+    inverse u -> z.
 
-    Built anew on each call (cheap: the weights live in the Keras layers), and
-    its bijectors compare by identity, so no TFP cache entry is shared between
-    calls: in eager mode a cached result would skip the gradient tape, and
-    would be stale after a weight update. `training` sets the mode of every
-    batch norm in the data -> latent direction, and differentiates it as
-    `self.memory_saving` says (`invert`: a scale's layers are one bijector).
+    A new one on each call (cheap: the tree and the weights are built
+    once), and bijectors compare by identity, so no TFP cache entry is shared
+    between calls: in eager mode a cached result would skip the gradient
+    tape, and would be stale after a weight update. `training` sets the mode
+    of every batch norm in the data -> latent direction (differentiated as
+    `memory_saving` says).
     """
-    inner = None
-    for index in reversed(range(len(self.scales))):
-      steps = self.scales[index]
-      runs = ([steps] if training and self.memory_saving == 'invert'
-              else [[layer] for layer in steps])
-      parts = [FlowLayerBijector(run, training, self.memory_saving) for run in runs]
-      if inner is not None:
-        squeeze = next(layer for layer in steps if isinstance(layer, Squeeze))
-        parts += [FactorOut(inner, name=f'scale{index}_factor_out'),
-                  tfb.Invert(FlowLayerBijector(squeeze), name=f'scale{index}_unsqueeze')]
-      inner = tfb.Chain(parts, name=f'scale{index}')
-    return tfb.Chain([FlowLayerBijector(self.preprocess, training), inner],
-                     name='real_nvp')
+    return FlowBijector(self.flow, training)
 
   def prior(self, temperature=1.):
     """Unit Gaussian over [H, W, C] (standard deviation `temperature`)."""
@@ -194,11 +201,6 @@ class RealNVP(keras.Model):
         message=f'images must be < levels={self.config.levels}')]):
       return tf.identity(images)
 
-  def _noise(self, images, seed, num_samples=1, first_draw=0):
-    """Base noise [K, B, H, W, C] of draws first_draw .. first_draw + K - 1."""
-    return base_noise(self.dequantizer.noise_distribution, images, seed,
-                      num_samples, self.compute_dtype, first_draw)
-
   def dequantize(self, images, seed=(0, 0), training=False):
     """One draw u ~ q(u|x) [B, H, W, C] in [x, x + 1) and log q(u|x) [B], nats.
 
@@ -207,8 +209,7 @@ class RealNVP(keras.Model):
     image).
     """
     images = self._check_uint8_images(images)
-    return self.dequantizer.transform(images, self._noise(images, seed)[0],
-                                      training=training)
+    return self.dequantizer.sample(images, seed, training=training)
 
   def log_weights(self, images, seed=(0, 0), num_samples=1, training=False):
     """log p(u_k) - log q(u_k|x) in nats, [K, B], u_k ~ q(u|x), k < K.
@@ -230,25 +231,18 @@ class RealNVP(keras.Model):
     """`log_weights` of checked, non-empty images."""
     context = self.dequantizer.context(images, training)
 
-    def log_weight(images, noise, context):
-      u, log_q = self.dequantizer.transform(images, noise, context, training,
-                                            self.memory_saving)
-      return self._log_prob_of_examples(u, training) - log_q
+    def log_weights(draws, first_draw=0):
+      u, log_q = self.dequantizer.sample(images, seed, draws, first_draw, training,
+                                         context)
+      log_w = self._log_prob_of_examples(u, training) - log_q
+      return tf.reshape(log_w, tf.stack([draws, tf.shape(images)[0]]))
 
-    if isinstance(num_samples, int) and num_samples == 1:
-      return log_weight(images, self._noise(images, seed)[0], context)[None]
-    if training:
-      def tile(t):
-        return None if t is None else tf.tile(t, tf.concat(
-            [[num_samples], tf.ones([t.shape.rank - 1], tf.int32)], 0))
-      tiled = tile(images)
-      noise = self._noise(images, seed, num_samples)
-      flat = log_weight(tiled, tf.reshape(noise, tf.shape(tiled)), tile(context))
-      return tf.reshape(flat, tf.stack([num_samples, tf.shape(images)[0]]))
+    if training or (isinstance(num_samples, int) and num_samples == 1):
+      return log_weights(num_samples)
     # At most 4 draws in flight: as fast as unbounded parallelism on a CPU,
     # and memory independent of K.
     return tf.map_fn(
-        lambda k: log_weight(images, self._noise(images, seed, 1, k)[0], context),
+        lambda k: log_weights(1, k)[0],
         tf.range(num_samples), parallel_iterations=4,
         fn_output_signature=tf.TensorSpec(None, self.compute_dtype))
 
@@ -331,30 +325,19 @@ class RealNVP(keras.Model):
     """Latent z [B, H, W, C] -> [z_1, ..., z_S], one per scale, finest first.
 
     z_i (i < S) has shape [B, H/2^i, W/2^i, 2^i C]; z_S is the last scale's
-    input, [B, H/2^(S-1), W/2^(S-1), 2^(S-1) C].
+    input, [B, H/2^(S-1), W/2^(S-1), 2^(S-1) C] (`latent_layout.shapes`).
     """
-    latents = []
-    for _ in range(self.config.num_scales - 1):
-      factored, z = tf.split(tf.nn.space_to_depth(z, 2), 2, axis=-1)
-      latents.append(factored)
-    return latents + [z]
+    return self.latent_layout.split(z)
 
   def merge_latents(self, latents):
     """Inverse of `split_latents`."""
-    if len(latents) != self.config.num_scales:
-      raise ValueError(f'Expected {self.config.num_scales} per-scale latents, '
-                       f'one per scale. Received {len(latents)}')
-    z = latents[-1]
-    for factored in reversed(latents[:-1]):
-      z = tf.nn.depth_to_space(tf.concat([factored, z], axis=-1), 2)
-    return z
+    return self.latent_layout.merge(latents, self.config.image_shape)
 
   # --- regularization and cost ---------------------------------------------------
 
   def _components(self):
     """The dequantizer and every flow layer, data side first."""
-    return [self.dequantizer, self.preprocess] + [
-        layer for steps in self.scales for layer in steps]
+    return [self.dequantizer] + self.flow.all_layers()
 
   @property
   def weight_norm_gains(self):

@@ -8,7 +8,7 @@ import time
 
 from absl import logging
 
-from real_nvp.checkpoints import ModelDirError, StorageError
+from real_nvp.storage import ModelDirError, StorageError
 
 __all__ = ['ModelDirLock', 'LOCK_FILE']
 

@@ -18,7 +18,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from real_nvp.coding import MonotoneMap
+from real_nvp.coding_maps import MonotoneMap
 from real_nvp.flow_layer import FlowLayer
 
 __all__ = ['LogitPreprocess', 'quantize']

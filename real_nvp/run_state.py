@@ -12,7 +12,7 @@ import shutil
 import tensorflow as tf
 from absl import logging
 
-from real_nvp import checkpoints
+from real_nvp import checkpoints, model_dir_layout, storage
 from real_nvp.best_checkpoint import BestCheckpoint
 
 __all__ = ['RunState']
@@ -41,7 +41,7 @@ class RunState:
     self.keep_checkpoints = keep_checkpoints
     self.restart_if_unreadable = restart_if_unreadable
     self.multi_worker = multi_worker
-    checkpoints.check_config(model_dir, flow_config)
+    model_dir_layout.check_config(model_dir, flow_config)
     self.checkpoint = tf.train.Checkpoint(**checkpointables)
     self._checkpoint_dir = model_dir if self.is_chief else os.path.join(
         model_dir, f'.worker_{worker_id}_tmp')
@@ -65,42 +65,42 @@ class RunState:
     if self.is_chief:
       checkpoints.clean_temporary_files(self.model_dir)
     unreadable, restored = [], None
-    for path in checkpoints.checkpoint_paths(self.model_dir):
+    for path in model_dir_layout.checkpoint_paths(self.model_dir):
       try:
         checkpoints.verify_readable(path)
-      except checkpoints.ModelDirError as error:
+      except storage.ModelDirError as error:
         unreadable.append((path, str(error)))
         continue
       checkpoints.read_checkpoint(self.checkpoint, path)
       restored = path
       break
     if unreadable and restored is None and not self.restart_if_unreadable:
-      raise checkpoints.ModelDirError(
+      raise storage.ModelDirError(
           f'None of the {len(unreadable)} checkpoint(s) in {self.model_dir} can be '
           f'read ({unreadable[0][1]}); nothing was changed. Restore them from a '
           'backup, or run again with --restart_if_unreadable to move them to '
-          f'{checkpoints.CORRUPT_DIR}/ and train from step 0.')
+          f'{model_dir_layout.CORRUPT_DIR}/ and train from step 0.')
     if self.is_chief:
       for path, reason in unreadable:
         checkpoints.quarantine(self.model_dir, path, reason)
     elif unreadable:
-      raise checkpoints.ModelDirError(unreadable[0][1])  # The chief moves them.
+      raise storage.ModelDirError(unreadable[0][1])  # The chief moves them.
     if restored:
       logging.info('Restored %s at step %d', restored, int(self.step.numpy()))
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, self._checkpoint_dir, max_to_keep=self.keep_checkpoints,
         checkpoint_name='ckpt')
     if self.is_chief:
-      if not checkpoints.has_checkpoint(self.model_dir):
+      if not model_dir_layout.has_checkpoint(self.model_dir):
         os.makedirs(self.model_dir, exist_ok=True)
-      checkpoints.write_config(self.model_dir, self.flow_config)
+      model_dir_layout.write_config(self.model_dir, self.flow_config)
       self.best.reconcile(fresh=restored is None, multi_worker=self.multi_worker)
     self.best.resume(int(self.step.numpy()))
     return int(self.step.numpy())
 
   def last_good_checkpoint(self):
     """The newest checkpoint on disk (every saved checkpoint is finite)."""
-    paths = checkpoints.checkpoint_paths(self.model_dir)
+    paths = model_dir_layout.checkpoint_paths(self.model_dir)
     return paths[0] if paths else None
 
   def save(self):
@@ -113,9 +113,9 @@ class RunState:
       return None
     try:
       path = self.manager.save(checkpoint_number=int(self.step.numpy()))
-    except checkpoints.STORAGE_ERRORS as error:
-      what = 'The disk is full' if checkpoints.is_disk_full(error) else 'Writing failed'
-      raise checkpoints.StorageError(
+    except storage.STORAGE_ERRORS as error:
+      what = 'The disk is full' if storage.is_disk_full(error) else 'Writing failed'
+      raise storage.StorageError(
           f'{what}: could not write a checkpoint to {self._checkpoint_dir} '
           f'({checkpoints.error_summary(error)}). The last good checkpoint is '
           f'{self.last_good_checkpoint()}; free space (or fix the directory) and '

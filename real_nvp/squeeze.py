@@ -8,7 +8,7 @@ so a channel mask after the squeeze splits every checkerboard colour in two
 
 import tensorflow as tf
 
-from real_nvp.coding import Permutation
+from real_nvp.coding_maps import Permutation
 from real_nvp.flow_layer import FlowLayer
 
 __all__ = ['Squeeze']
@@ -32,10 +32,20 @@ class Squeeze(FlowLayer):
     del training
     return tf.nn.depth_to_space(y, 2), tf.zeros(tf.shape(y)[:1], y.dtype)
 
-  def coding_map(self, x, context=None):
+  def encoded_context(self, context):
+    """A context is squeezed along with the data."""
+    return self.call(context)[0]
+
+  def decoded_context(self, context):
+    return self.decode(context)[0]
+
+  def permutation(self):
     """The squeeze moves values only: space_to_depth of numpy [B, H, W, C]."""
-    del x, context
     return Permutation(space_to_depth, depth_to_space)
+
+  def coding_map(self, x, context=None):
+    del x, context
+    return self.permutation()
 
   def encoded_shape(self, data_shape):
     height, width, channels = data_shape

@@ -20,9 +20,10 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from real_nvp import checkpoints, hardware
+from real_nvp import hardware, storage
 from real_nvp.batch_norm import FlowBatchNorm
 from real_nvp.coupling import Coupling
+from real_nvp.layer_run import run_layers
 
 __all__ = ['two_moons', 'ToyFlow', 'train_toy', 'figure_one']
 
@@ -54,18 +55,12 @@ class ToyFlow(keras.Model):
                      FlowBatchNorm(momentum=0.9, name=f'coupling{k}_bn')]
 
   def call(self, x, training=False):
-    h = tf.reshape(x, [-1, 1, 1, 2])
-    log_det = tf.zeros(tf.shape(x)[:1], h.dtype)
-    for layer in self.steps:
-      h, step = layer(h, training=training)
-      log_det += step
+    h, log_det = run_layers(self.steps, tf.reshape(x, [-1, 1, 1, 2]), training=training)
     return tf.reshape(h, [-1, 2]), log_det
 
   def decode(self, z):
-    h = tf.reshape(z, [-1, 1, 1, 2])
-    for layer in reversed(self.steps):
-      h, _ = layer.decode(h)
-    return tf.reshape(h, [-1, 2])
+    return tf.reshape(run_layers(self.steps, tf.reshape(z, [-1, 1, 1, 2]), inverse=True)[0],
+                      [-1, 2])
 
   def log_prob(self, x, training=False):
     """log p(x) in nats: log N(f(x); 0, I) + log|det ∂f/∂x|. -> [n]."""
@@ -139,8 +134,8 @@ def main(argv):
   flags_ = flags.FLAGS
   hardware.log_platform()
   try:
-    checkpoints.check_writable(flags_.out)
-  except checkpoints.StorageError as error:
+    storage.check_writable(flags_.out)
+  except storage.StorageError as error:
     sys.exit(f'Error: {error}')
   points, colour = two_moons(flags_.points, flags_.seed)
   flow = train_toy(points, flags_.steps, seed=flags_.seed)

@@ -69,9 +69,7 @@ class Trainer:
     self.is_chief = distribute.is_chief(strategy)
     keras.utils.set_random_seed(cfg.seed)  # Reproducible initial weights.
     self.steps = TrainStep(strategy, flow_config, cfg)
-    self.model, self.optimizer = self.steps.model, self.steps.optimizer
-    self.step, self.nonfinite_steps = self.steps.step, self.steps.nonfinite_steps
-    self.train_step = self.steps.train_step
+    self.model, self.step = self.steps.model, self.steps.step
     self.state = RunState(
         self.steps.checkpointables(), self.step, model_dir, flow_config,
         cfg.keep_checkpoints,
@@ -84,14 +82,6 @@ class Trainer:
     self.writers = summaries.SummaryWriters(model_dir, self.is_chief)
     self.evaluator = Evaluator(self.model, strategy, cfg.batch_size, seed=cfg.seed + 1)
     self._stop_requested = False
-
-  @property
-  def manager(self):
-    return self.state.manager
-
-  def restore(self):
-    """Restores the newest readable checkpoint (RunState.restore); -> step."""
-    return self.state.restore()
 
   # --- public loop ----------------------------------------------------------
 
@@ -219,7 +209,7 @@ class Trainer:
       if step % cfg.summary_every == 0 or step == cfg.train_steps:
         self.writers.scalars('train', step, {
             **progress.summary(counters),
-            'learning_rate': float(self.optimizer.learning_rate),
+            'learning_rate': float(self.steps.optimizer.learning_rate),
             'nonfinite_steps': int(counters['nonfinite_steps']),
         })
         self.steps.reset_window()

@@ -77,10 +77,10 @@ def replicas(out, dequantization):
                              config=CONFIG.replace(dequantization=dequantization))
     dataset = iter(strategy.distribute_datasets_from_function(
         lambda ctx: data.train_dataset(source, 16, 3, 0, ctx)))
-    losses = [float(trainer.train_step(next(dataset))[0]) for _ in range(3)]
+    losses = [float(trainer.steps.train_step(next(dataset))[0]) for _ in range(3)]
     runs[name] = (losses, _weights(trainer), strategy.num_replicas_in_sync)
     if name == 'mirrored':  # Every replica's copy of every variable updated alike.
-      state = [v.value for v in trainer.model.variables] + list(trainer.optimizer.variables)
+      state = [v.value for v in trainer.model.variables] + list(trainer.steps.optimizer.variables)
       results['replica_copy_difference'] = max(
           float(np.max(np.abs(copy.numpy() - copies[0].numpy())))
           for copies in map(strategy.experimental_local_results, state) for copy in copies)
@@ -109,7 +109,7 @@ def memory_saving(out, mode):
                            memory_saving=mode)
   dataset = iter(strategy.distribute_datasets_from_function(
       lambda ctx: data.train_dataset(source, 16, 3, 0, ctx)))
-  losses = [float(trainer.train_step(next(dataset))[0]) for _ in range(3)]
+  losses = [float(trainer.steps.train_step(next(dataset))[0]) for _ in range(3)]
   np.savez(out, losses, strategy.num_replicas_in_sync, *_weights(trainer))
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY, tiny_trainer
-from real_nvp import best_checkpoint, checkpoints, data
+from real_nvp import best_checkpoint, checkpoints, data, model_dir_layout
 from real_nvp.best_checkpoint import BestCheckpoint
-from real_nvp.checkpoints import ModelDirError
+from real_nvp.storage import ModelDirError
 from real_nvp.model_dir_lock import ModelDirLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,7 +138,7 @@ def test_a_damaged_best_is_found_at_start(tmp_path, caplog):
     f.truncate(os.path.getsize(data_file) // 3)
   resumed = tiny_trainer(model_dir, 6, eval_every=2)
   with caplog.at_level(logging.WARNING):
-    resumed.restore()  # at start, before any training
+    resumed.state.restore()  # at start, before any training
   assert 'ckpt-4 cannot be read' in caplog.text
   assert 'no usable best checkpoint now' in caplog.text
   assert os.path.exists(tmp_path / 'corrupt_checkpoints' / 'best-ckpt-4.index')
@@ -162,7 +162,7 @@ def test_an_early_stopped_run_is_not_continued_by_running_it_again(tmp_path, cap
     assert again.train() is None
   assert again.outcome == 'stopped_before' and int(again.step.numpy()) == 8
   assert 'ended by early stopping at step 8' in caplog.text
-  assert checkpoints.checkpoint_paths(model_dir)[0] == str(tmp_path / 'ckpt-8')
+  assert model_dir_layout.checkpoint_paths(model_dir)[0] == str(tmp_path / 'ckpt-8')
 
   # train.py says so and exits 0, exporting the best if no export exists yet.
   result = subprocess.run(

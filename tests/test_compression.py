@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import perturb, tiny_trainer
-from real_nvp import RealNVP, checkpoints, coding, compression, data, preset
+from real_nvp import (RealNVP, ans_stream, coding_maps, coding_steps, compressed_file,
+                      data, model_dir_layout, preset)
 from real_nvp.batch_norm import FlowBatchNorm
 from real_nvp.coupling import Coupling
 from real_nvp.compression import CompressedFileError, Compressor
@@ -58,7 +59,7 @@ def _layer_cases():
   u = tf.constant(rng.uniform(0, LEVELS, size=(1, 4, 4, 2)), tf.float32)
   cases.append(('logit_preprocess', LogitPreprocess(LEVELS), u, 16))
   fraction = tf.constant(rng.uniform(0, 1, size=(1, 4, 4, 2)), tf.float32)
-  cases.append(('dequantizer_sigmoid', compression._SigmoidStep(), fraction, 16))
+  cases.append(('dequantizer_sigmoid', coding_steps.SigmoidStep(), fraction, 16))
   return cases
 
 
@@ -66,7 +67,7 @@ def _cell_widths(step_map, x, k_in):
   """log2 of the exact width of each cell's image, 2^k_out units excluded."""
   lower = np.array(x, np.float64) * 2. ** -k_in
   upper = lower + 2. ** -k_in
-  if isinstance(step_map, coding.AffineMap):
+  if isinstance(step_map, coding_maps.AffineMap):
     return np.log2(step_map.scale.ravel() * 2. ** -k_in)
   return np.log2(step_map.forward(upper) - step_map.forward(lower))
 
@@ -83,16 +84,16 @@ def test_each_coding_step_round_trips_and_costs_its_log_det(case):
   values = _grid(x.numpy().ravel(), k_in)
   widths = _cell_widths(step_map, values, k_in) + (k_in + c)  # log2 ℓ
   assert widths.min() > math.log2(27)
-  stream = coding.Stream(encoding=True)
+  stream = ans_stream.Stream(encoding=True)
   stream.chain_start = True  # what is decoded comes from the generator, counted
-  latent = coding.encode_step(stream, step_map, values, k_in, k_in + c)
+  latent = coding_steps.encode_step(stream, step_map, values, k_in, k_in + c)
   tolerance = np.sum(1.5 / 2. ** widths)
   assert abs(stream.initial_bits - widths.sum()) <= tolerance, name
   # Round trip on a stream of random words: the values and every word come back.
   words = np.random.default_rng(1).integers(0, 2 ** 32, 64, dtype=np.uint64).astype(np.uint32)
-  stream = coding.Stream(encoding=True, words=words)
-  latent = coding.encode_step(stream, step_map, values, k_in, k_in + c)
-  assert coding.decode_step(stream, step_map, latent, k_in, k_in + c) == values
+  stream = ans_stream.Stream(encoding=True, words=words)
+  latent = coding_steps.encode_step(stream, step_map, values, k_in, k_in + c)
+  assert coding_steps.decode_step(stream, step_map, latent, k_in, k_in + c) == values
   np.testing.assert_array_equal(stream.words(), words)
 
 
@@ -111,7 +112,7 @@ def test_large_cells_are_coded_in_exact_parts():
   counts = [5, 2 ** 24 + 3, 2 ** 39 + 12345, 1, 2 ** 16 * 7 + 1]
   index = [4, 2 ** 24 + 2, 2 ** 39 + 777, 0, 2 ** 16 * 7]
   words = np.arange(1, 33, dtype=np.uint32)
-  stream = coding.Stream(encoding=True, words=words)
+  stream = ans_stream.Stream(encoding=True, words=words)
   stream.encode_uniform(index, counts)
   assert stream.decode_uniform(counts) == index
   np.testing.assert_array_equal(stream.words(), words)
@@ -136,12 +137,12 @@ def test_round_trip_is_lossless(models, dequantization, images):
 def test_an_image_that_would_empty_the_stack_restarts_the_chain(models, monkeypatch):
   """Forced: every image after the first finds the stack too short, so each
   is coded as a start of the chain; the header lists them all."""
-  monkeypatch.setattr(coding, '_RESERVE_BITS', 10 ** 9)
+  monkeypatch.setattr(ans_stream, '_RESERVE_BITS', 10 ** 9)
   batch = data.load_dataset('digits').eval.images[:3]
   compressor = Compressor(models['uniform'])
   blob, info = compressor.encode(batch)
   assert info['chain_starts'] == 3
-  assert compression.read_header(blob)[0].chain_starts == (0, 1, 2)
+  assert compressed_file.read_header(blob)[0].chain_starts == (0, 1, 2)
   np.testing.assert_array_equal(compressor.decode(blob), batch)
 
 
@@ -213,4 +214,4 @@ def test_the_command_encodes_and_decodes_in_new_processes(tmp_path):
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert refused.returncode != 0 and 'Traceback' not in refused.stderr
   assert 'another model' in refused.stderr
-  assert checkpoints.has_checkpoint(str(other))
+  assert model_dir_layout.has_checkpoint(str(other))

@@ -15,7 +15,8 @@ from PIL import Image
 
 from real_nvp import checkpoints, data, distribute, export, figures, preset
 from real_nvp.evaluation import Evaluator
-from real_nvp.checkpoints import CheckpointMismatch, restore_model
+from real_nvp.checkpoints import restore_model
+from real_nvp.model_dir_layout import CheckpointMismatch
 from real_nvp.config import TrainConfig
 from real_nvp.train_lib import Trainer
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from real_nvp import best_checkpoint, checkpoints, data, distribute, export, preset, train_lib
-from real_nvp.checkpoints import ModelDirError, StorageError
+from real_nvp import (best_checkpoint, checkpoints, data, distribute, export,
+                      model_dir_layout, preset, train_lib)
+from real_nvp.storage import ModelDirError, StorageError
 from real_nvp.model_dir_lock import ModelDirLock
 from real_nvp.config import TrainConfig
 from real_nvp.train_lib import Trainer, TrainingDiverged
@@ -74,14 +75,14 @@ def test_a_nonfinite_update_is_skipped_and_never_checkpointed(tmp_path):
 
   def restore_then_break_the_learning_rate():
     step = restore()
-    trainer.optimizer._learning_rate = float('nan')  # finite loss and gradient
+    trainer.steps.optimizer._learning_rate = float('nan')  # finite loss and gradient
     return step
 
   trainer.restore = restore_then_break_the_learning_rate
   with pytest.raises(TrainingDiverged, match='ckpt-4') as raised:
     trainer.train()
-  assert int(trainer.nonfinite_steps.numpy()) == 5
-  assert checkpoints.checkpoint_paths(str(tmp_path)) == [
+  assert int(trainer.steps.nonfinite_steps.numpy()) == 5
+  assert model_dir_layout.checkpoint_paths(str(tmp_path)) == [
       str(tmp_path / 'ckpt-4'), str(tmp_path / 'ckpt-2')]
   named = str(raised.value).split('checkpoint is ')[1].split('.')[0]
   reader = tf.train.load_checkpoint(named)
@@ -114,11 +115,11 @@ def test_an_unreadable_newest_checkpoint_falls_back(tmp_path, caplog, damage):
   caplog.clear()
   trainer = _trainer(tmp_path, 6)
   with caplog.at_level(logging.WARNING):
-    assert trainer.restore() == 2
+    assert trainer.state.restore() == 2
   assert 'ckpt-4 cannot be read' in caplog.text and 'corrupt_checkpoints' in caplog.text
   assert os.path.exists(tmp_path / 'corrupt_checkpoints' / 'ckpt-4.index')
   trainer.train()
-  assert checkpoints.checkpoint_paths(str(tmp_path))[0] == str(tmp_path / 'ckpt-6')
+  assert model_dir_layout.checkpoint_paths(str(tmp_path))[0] == str(tmp_path / 'ckpt-6')
 
 
 def test_leftovers_of_interrupted_saves_are_removed(tmp_path):
@@ -160,12 +161,12 @@ def test_an_interrupted_export_leaves_the_previous_one_or_none(tmp_path, monkeyp
 def test_a_full_disk_stops_with_the_directory_and_last_checkpoint(tmp_path, monkeypatch):
   _trainer(tmp_path, 2).train()
   trainer = _trainer(tmp_path, 6)
-  trainer.restore()
+  trainer.state.restore()
 
   def full(*args, **kwargs):
     raise tf.errors.ResourceExhaustedError(None, None, 'No space left on device')
 
-  monkeypatch.setattr(trainer.manager, 'save', full)
+  monkeypatch.setattr(trainer.state.manager, 'save', full)
   monkeypatch.setattr(trainer, 'restore', lambda: 2)
   with pytest.raises(StorageError) as raised:
     trainer.train()
@@ -175,9 +176,9 @@ def test_a_full_disk_stops_with_the_directory_and_last_checkpoint(tmp_path, monk
 
 
 def test_a_config_without_checkpoints_is_not_an_architecture(tmp_path):
-  checkpoints.write_config(str(tmp_path), preset('digits', num_blocks=3))
+  model_dir_layout.write_config(str(tmp_path), preset('digits', num_blocks=3))
   _trainer(tmp_path, 2).train()
-  assert checkpoints.read_config(str(tmp_path)) == preset('digits', **TINY)
+  assert model_dir_layout.read_config(str(tmp_path)) == preset('digits', **TINY)
 
 
 def test_a_checkpoint_of_another_architecture_is_named(tmp_path):
@@ -188,11 +189,11 @@ def test_a_checkpoint_of_another_architecture_is_named(tmp_path):
                               checkpoint_every=2, eval_examples=16, num_samples=4),
                   str(tmp_path / 'b'))
   other.train()
-  with pytest.raises(checkpoints.CheckpointMismatch, match='feature_maps: checkpoint 8 vs'):
+  with pytest.raises(model_dir_layout.CheckpointMismatch, match='feature_maps: checkpoint 8 vs'):
     checkpoints.restore_model(str(tmp_path / 'a'), str(tmp_path / 'b' / 'ckpt-2'))
   # Without its config beside it, the tensors that differ are named.
   os.remove(tmp_path / 'b' / 'config.json')
-  with pytest.raises(checkpoints.CheckpointMismatch, match=r'checkpoint \[.*\] vs model'):
+  with pytest.raises(model_dir_layout.CheckpointMismatch, match=r'checkpoint \[.*\] vs model'):
     checkpoints.restore_model(str(tmp_path / 'a'), str(tmp_path / 'b' / 'ckpt-2'))
 
 
@@ -268,7 +269,7 @@ def test_best_checkpoint_survives_rotation_and_resume_and_is_exported(tmp_path):
   values = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])  # held-out bits/dim of each evaluation
   trainer.evaluate = lambda num_examples=None: next(values)
   trainer.train()
-  assert checkpoints.checkpoint_paths(str(tmp_path)) == [
+  assert model_dir_layout.checkpoint_paths(str(tmp_path)) == [
       str(tmp_path / 'ckpt-8'), str(tmp_path / 'ckpt-7')]  # rotation
   path, step, value = best_checkpoint.best_checkpoint(str(tmp_path))
   assert (path, step, value) == (str(tmp_path / 'best' / 'ckpt-4'), 4, 2.0)
@@ -293,7 +294,7 @@ def test_early_stopping_stops_after_evaluations_without_improvement(tmp_path, ca
     assert trainer.train() == 2.2
   assert int(trainer.step.numpy()) == 8
   assert 'Early stopping at step 8: 2 held-out evaluations without improvement' in caplog.text
-  assert checkpoints.checkpoint_paths(str(tmp_path))[0] == str(tmp_path / 'ckpt-8')
+  assert model_dir_layout.checkpoint_paths(str(tmp_path))[0] == str(tmp_path / 'ckpt-8')
   assert trainer.best.best == (4, 2.0)
 
 

@@ -136,10 +136,10 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
   trainer.restore = restore_then_poison
   with pytest.raises(TrainingDiverged, match='3 consecutive non-finite steps'):
     trainer.train()
-  assert int(trainer.nonfinite_steps.numpy()) == 3
+  assert int(trainer.steps.nonfinite_steps.numpy()) == 3
   for before, variable in zip(statistics, trainer.model.non_trainable_variables):
     np.testing.assert_array_equal(variable.numpy(), before)
-  assert trainer.manager.latest_checkpoint.endswith('ckpt-5')
+  assert trainer.state.manager.latest_checkpoint.endswith('ckpt-5')
 
 
 def _checkpoint_values(path):

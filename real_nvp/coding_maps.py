@@ -1,0 +1,144 @@
+"""Coding maps: how each layer moves a value from the data side to the latent
+side, in the exact terms the lossless coder needs (local bits-back coding,
+Ho, Lohn & Abbeel 2019). Pure numpy: the layers describe themselves with
+these, and nothing here needs the entropy coder.
+
+Every value is held on a fixed-point grid: an integer X stands for the cell
+[X, X + 1) 2^-k of width 2^-k. A layer that is element-wise given what it
+conditions on maps each element by an increasing function g from its data
+side (grid k_in) to its latent side (grid k_out = k_in + c). The cell of X
+maps onto the interval [g(X 2^-k_in), g((X + 1) 2^-k_in)), which holds the
+n = lo(X + 1) - lo(X) latent grid points Y = lo(X) + i, i < n, with
+lo(X) = ceil(g(X 2^-k_in) 2^k_out); decoding finds X = floor(g^-1(Y 2^-k_out)
+2^k_in) by rounding (coding_steps.py codes i).
+
+- `AffineMap`: y = x * scale + shift (couplings, flow batch norm), computed
+  exactly on the integers (float64 scale and shift are dyadic rationals), so
+  any precision works.
+- `MonotoneMap`: a non-linear increasing map (the logit preprocessing, the
+  dequantizer's sigmoid) evaluated in float64 on grids of at most 53 bits,
+  with the cells found by a search that is exact by construction.
+- `Permutation`: positions only (squeeze).
+"""
+
+import math
+
+import numpy as np
+
+__all__ = ['AffineMap', 'MonotoneMap', 'Permutation', 'CodingError', 'MAX_UNIFORM']
+
+MAX_UNIFORM = 2 ** 40  # the largest cell count a step codes
+
+
+class CodingError(ValueError):
+  """A value cannot be coded at the chosen precisions (the message says which)."""
+
+
+def _dyadic(values):
+  """float64 array -> (numerators, exponents): value = numerator / 2^exponent."""
+  pairs = [float(v).as_integer_ratio() for v in np.ravel(values)]
+  return [p[0] for p in pairs], [p[1].bit_length() - 1 for p in pairs]
+
+
+class AffineMap:
+  """y = x * scale + shift per element, scale > 0 (float64 arrays of the
+  layer's shape). `conditioning`: bool array of the elements the parameters
+  were computed from (the map is the identity there); a decoder recovers
+  them first, then asks the layer for the map."""
+
+  def __init__(self, scale, shift, conditioning=None):
+    scale = np.asarray(scale, np.float64)
+    if not np.all(np.isfinite(scale) & (scale > 0)) or not np.all(np.isfinite(shift)):
+      raise CodingError('A layer\'s coding map has a scale that is not finite '
+                        'and positive, or a shift that is not finite.')
+    self.scale, self.shift = scale, np.asarray(shift, np.float64)
+    self.conditioning = conditioning
+    # Numerators and exponents, once: each step evaluates the map 3 times.
+    self._terms = list(zip(*_dyadic(scale), *_dyadic(self.shift)))
+
+  def inverse(self):
+    """The map from the latent side to the data side (float64-rounded)."""
+    return AffineMap(1. / self.scale, -self.shift / self.scale, self.conditioning)
+
+  def lower_edges(self, x, k_in, k_out):
+    """lo(X) = ceil(g(X 2^-k_in) 2^k_out) for integers X (flat lists), exactly."""
+    out = []
+    for xi, (an, ea, bn, eb) in zip(x, self._terms):
+      numerator = (an * xi << eb) + (bn << (k_in + ea))
+      shift = k_in + ea + eb - k_out
+      if shift <= 0:
+        out.append(numerator << -shift)
+      else:
+        out.append(-((-numerator) >> shift))
+    return out
+
+  def data_cells(self, y, k_in, k_out):
+    """X = floor(g^-1(Y 2^-k_out) 2^k_in) for integers Y (flat lists), exactly."""
+    return [(((yi << eb) - (bn << k_out)) << (k_in + ea)) // (an << (k_out + eb))
+            for yi, (an, ea, bn, eb) in zip(y, self._terms)]
+
+
+class MonotoneMap:
+  """An increasing element-wise map y = forward(x) from the data interval
+  [low, high) onto the latent interval [latent_low, latent_high] (a bound
+  where forward is infinite), with its inverse; float64 numpy functions."""
+
+  conditioning = None
+
+  def __init__(self, forward, inverse, low, high, latent_low, latent_high):
+    self.forward, self.inverse = forward, inverse
+    self.low, self.high = low, high
+    self.latent_low, self.latent_high = latent_low, latent_high
+
+  def _check(self, k_in, k_out):
+    largest = max(abs(self.low), abs(self.high)) * 2. ** k_in
+    latent = max(abs(self.latent_low), abs(self.latent_high)) * 2. ** k_out
+    if max(largest, latent) >= 2. ** 52:
+      raise CodingError(f'A non-linear coding step needs grids below 2^52 '
+                        f'(data 2^-{k_in}, latent 2^-{k_out}); lower the precisions.')
+
+  def _limits(self, k_in, k_out):
+    return (int(math.floor(self.low * 2. ** k_in)), int(math.ceil(self.high * 2. ** k_in)) - 1,
+            int(math.ceil(self.latent_low * 2. ** k_out)),
+            int(math.floor(self.latent_high * 2. ** k_out)))
+
+  def _cells(self, y, k_in, k_out):
+    x_min, x_max, _, _ = self._limits(k_in, k_out)
+    with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+      x = np.floor(self.inverse(np.asarray(y, np.float64) * 2. ** -k_out) * 2. ** k_in)
+    return np.clip(np.nan_to_num(x, nan=x_min), x_min, x_max).astype(np.int64)
+
+  def data_cells(self, y, k_in, k_out):
+    self._check(k_in, k_out)
+    return [int(v) for v in self._cells(y, k_in, k_out)]
+
+  def lower_edges(self, x, k_in, k_out):
+    """lo(X) = the first latent grid point whose cell is X or after, found
+    by the decoder's own rounding (so exact by construction)."""
+    self._check(k_in, k_out)
+    x = np.asarray(x, np.int64)
+    x_min, x_max, y_min, y_max = self._limits(k_in, k_out)
+    with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+      guess = np.ceil(self.forward(x * 2. ** -k_in) * 2. ** k_out)
+    lo = np.clip(np.nan_to_num(guess, nan=y_min, posinf=y_max + 1, neginf=y_min),
+                 y_min, y_max + 1).astype(np.int64)
+    for _ in range(64):
+      earlier = (lo > y_min) & (self._cells(lo - 1, k_in, k_out) >= x)
+      later = (lo <= y_max) & (self._cells(np.minimum(lo, y_max), k_in, k_out) < x)
+      if not (earlier.any() or later.any()):
+        break
+      lo = lo - earlier + later
+    else:
+      raise CodingError('The cells of a non-linear coding step could not be found.')
+    lo = np.where(x > x_max, y_max + 1, np.where(x <= x_min, y_min, lo))
+    return [int(v) for v in lo]
+
+
+class Permutation:
+  """Moves values between positions: forward(array) data -> latent layout."""
+
+  def __init__(self, forward, inverse):
+    self.forward, self.inverse_fn = forward, inverse
+
+  def inverse(self):
+    return Permutation(self.inverse_fn, self.forward)
