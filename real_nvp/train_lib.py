@@ -116,7 +116,7 @@ class Trainer:
     'finished', 'early_stopped', 'signal' (stopped by SIGTERM/SIGINT) or
     'stopped_before' (early stopping had ended this run already; nothing was
     trained, see --train_past_early_stop)."""
-    start = self.restore()
+    start = self.state.restore()
     self._value_unrecorded_best_checkpoints()
     stopped_at = self.best.early_stopped_at
     if stopped_at is not None:

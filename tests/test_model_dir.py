@@ -71,14 +71,14 @@ def test_a_stale_lock_is_taken_over(tmp_path, caplog):
 def test_a_nonfinite_update_is_skipped_and_never_checkpointed(tmp_path):
   _trainer(tmp_path, 4).train()  # ckpt-2, ckpt-4: good
   trainer = _trainer(tmp_path, 40, max_nonfinite=5)
-  restore = trainer.restore
+  restore = trainer.state.restore
 
   def restore_then_break_the_learning_rate():
     step = restore()
     trainer.steps.optimizer._learning_rate = float('nan')  # finite loss and gradient
     return step
 
-  trainer.restore = restore_then_break_the_learning_rate
+  trainer.state.restore = restore_then_break_the_learning_rate
   with pytest.raises(TrainingDiverged, match='ckpt-4') as raised:
     trainer.train()
   assert int(trainer.steps.nonfinite_steps.numpy()) == 5

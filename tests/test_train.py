@@ -123,7 +123,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
   _trainer(tmp_path, 5, num_scales=1).train()  # leaves the good checkpoint ckpt-5
   trainer = _trainer(tmp_path, 50, num_scales=1)
   trainer.cfg.max_nonfinite = 3
-  restore = trainer.restore
+  restore = trainer.state.restore
   statistics = []
 
   def restore_then_poison():
@@ -133,7 +133,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
     gain.assign(np.full(gain.shape, np.nan, np.float32))
     return step
 
-  trainer.restore = restore_then_poison
+  trainer.state.restore = restore_then_poison
   with pytest.raises(TrainingDiverged, match='3 consecutive non-finite steps'):
     trainer.train()
   assert int(trainer.steps.nonfinite_steps.numpy()) == 3
