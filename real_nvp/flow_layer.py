@@ -91,7 +91,7 @@ class FlowLayer(keras.layers.Layer):
     del event_shape
 
   def coding_map(self, x, context=None):
-    """How lossless coding (coding.py, compression.py) moves each value from
+    """How lossless coding (coding_maps.py, compression.py) moves each value from
     the data side to the latent side, in inference mode: an `AffineMap` or
     `MonotoneMap` (element-wise given what the layer conditions on, named by
     the map's `conditioning` mask) or a `Permutation`. `x`: the data side

@@ -1,5 +1,5 @@
 """The run's state on disk: restore the newest readable checkpoint, save one,
-and keep the best (the model directory's rules are in checkpoints.py).
+and keep the best (the model directory's rules are in model_dir_layout.py and checkpoints.py).
 
 Everything a run needs to continue exactly is in the checkpoint: weights,
 Adam's moments, the step, the non-finite counters, the loss scale and the

@@ -8,7 +8,7 @@ To add a transform: subclass `ElementwiseTransform`, set `num_params` (raw
 network channels per transformed channel), define `build(channels)`,
 `forward(x, raw) -> (y, log|det dy/dx|)` and
 `inverse(y, raw) -> (x, log|det dx/dy|)` (raw: [B, H, W, num_params * c]),
-and register it in `TRANSFORMS`. Lossless coding (coding.py) asks the
+and register it in `TRANSFORMS`. Lossless coding (coding_maps.py) asks the
 transform for `affine_parameters(raw) -> (s, t)`, y = x * exp(s) + t.
 """
 
@@ -47,7 +47,7 @@ class AffineTransform(ElementwiseTransform):
 
   def affine_parameters(self, raw):
     """(s, t) of y = x * exp(s) + t: lossless coding treats the transform as
-    this element-wise affine map (coding.py)."""
+    this element-wise affine map (coding_maps.py)."""
     return self._log_scale_and_shift(raw)
 
   def forward(self, x, raw):
