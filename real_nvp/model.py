@@ -32,7 +32,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from real_nvp import flow_tree, preprocess
+from real_nvp import flow_tree, model_inputs, preprocess
 from real_nvp.batch_norm import FlowBatchNorm
 from real_nvp.bijectors import FlowBijector
 from real_nvp.config import MEMORY_SAVING_MODES, FlowConfig
@@ -153,20 +153,12 @@ class RealNVP(keras.Model):
 
   # --- likelihood ------------------------------------------------------------
 
-  def _check_images(self, images, what):
-    """Static check of rank and [H, W, C]; a clear error instead of a conv's."""
-    shape = images.shape
-    if shape.rank != 4 or tuple(shape[1:]) != self.config.image_shape:
-      raise ValueError(
-          f'{what} must have shape [batch, {", ".join(map(str, self.config.image_shape))}] '
-          f'(this model\'s image shape). Received shape {shape}')
-
   def log_prob(self, pixels, training=False):
     """log p(u) in nats per example, u: float [B, H, W, C] in [0, L). -> [B].
 
     Values outside [0, L) raise InvalidArgumentError.
     """
-    pixels = self._check_pixels(pixels)
+    pixels = model_inputs.pixels(self.config, self.compute_dtype, pixels)
     if training:
       return self.distribution(training).log_prob(pixels)
     return _unless_empty(pixels, lambda: self.distribution().log_prob(pixels),
@@ -174,32 +166,8 @@ class RealNVP(keras.Model):
 
   def _log_prob_of_examples(self, pixels, training):
     """log_prob of a batch known not to be empty (no emptiness guard)."""
-    return self.distribution(training).log_prob(self._check_pixels(pixels))
-
-  def _check_pixels(self, pixels):
-    """Float pixels [B, H, W, C] in [0, L), or a clear error."""
-    pixels = tf.convert_to_tensor(pixels, self.compute_dtype)
-    self._check_images(pixels, 'pixels')
-    levels = float(self.config.levels)
-    with tf.control_dependencies([
-        tf.debugging.assert_greater_equal(
-            pixels, tf.constant(0., pixels.dtype),
-            message='pixels must be >= 0'),
-        tf.debugging.assert_less(
-            pixels, tf.constant(levels, pixels.dtype),
-            message=f'pixels must be < levels={levels:g}')]):
-      return tf.identity(pixels)  # carries the checks
-
-  def _check_uint8_images(self, images):
-    """uint8 [B, H, W, C] below `levels`, or a clear error."""
-    images = tf.convert_to_tensor(images)
-    if images.dtype != tf.uint8:
-      raise TypeError(f'images must be uint8. Received dtype {images.dtype.name}')
-    self._check_images(images, 'images')
-    with tf.control_dependencies([tf.debugging.assert_less(
-        tf.cast(images, tf.int32), self.config.levels,
-        message=f'images must be < levels={self.config.levels}')]):
-      return tf.identity(images)
+    pixels = model_inputs.pixels(self.config, self.compute_dtype, pixels)
+    return self.distribution(training).log_prob(pixels)
 
   def dequantize(self, images, seed=(0, 0), training=False):
     """One draw u ~ q(u|x) [B, H, W, C] in [x, x + 1) and log q(u|x) [B], nats.
@@ -208,7 +176,7 @@ class RealNVP(keras.Model):
     draw for the batch, see `dequantization.base_noise`) or [B, 2] (one per
     image).
     """
-    images = self._check_uint8_images(images)
+    images = model_inputs.uint8_images(self.config, images)
     return self.dequantizer.sample(images, seed, training=training)
 
   def log_weights(self, images, seed=(0, 0), num_samples=1, training=False):
@@ -220,7 +188,7 @@ class RealNVP(keras.Model):
     are drawn and scored one after the other, so memory does not grow with K
     (beyond the [K, B] result). An empty batch gives [K, 0].
     """
-    images = self._check_uint8_images(images)
+    images = model_inputs.uint8_images(self.config, images)
     if training:  # Training batches are never empty (and all-reduce in BN).
       return self._log_weights(images, seed, num_samples, training)
     return _unless_empty(
@@ -303,9 +271,10 @@ class RealNVP(keras.Model):
     """
     images = tf.convert_to_tensor(images)
     if images.dtype == tf.uint8:
-      images = tf.cast(self._check_uint8_images(images), self.compute_dtype) + 0.5
+      images = model_inputs.uint8_images(self.config, images)
+      images = tf.cast(images, self.compute_dtype) + 0.5
     else:
-      images = self._check_pixels(images)
+      images = model_inputs.pixels(self.config, self.compute_dtype, images)
     return self.split_latents(_unless_empty(
         images, lambda: self.bijector().inverse(images), lambda: images))
 
@@ -313,7 +282,7 @@ class RealNVP(keras.Model):
     """uint8 images from per-scale latents (a list) or a latent [B, H, W, C]."""
     z = self.merge_latents(latents) if isinstance(latents, (list, tuple)) else latents
     z = tf.convert_to_tensor(z, self.compute_dtype)
-    self._check_images(z, 'latents')
+    model_inputs.check_shape(z, self.config.image_shape, 'latents')
     with tf.control_dependencies([tf.debugging.assert_all_finite(
         z, 'latents must be finite (no NaN or inf)')]):
       z = tf.identity(z)

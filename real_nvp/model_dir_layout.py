@@ -19,8 +19,8 @@ import re
 from real_nvp.config import FlowConfig
 from real_nvp.storage import ModelDirError, write_atomically
 
-__all__ = ['CheckpointMismatch', 'config_path', 'differences', 'read_config', 'write_config', 'check_config',
-           'checkpoint_paths', 'has_checkpoint', 'step_of', 'write_run_settings',
+__all__ = ['CheckpointMismatch', 'config_path', 'differences', 'read_config',
+           'write_config', 'check_config', 'checkpoint_paths', 'has_checkpoint', 'step_of', 'write_run_settings',
            'read_data_settings', 'CONFIG_FILE', 'DATA_FILE', 'CORRUPT_DIR']
 
 CONFIG_FILE = 'config.json'
