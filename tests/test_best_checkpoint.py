@@ -121,7 +121,7 @@ def test_a_crash_at_any_point_of_the_best_update_is_reconciled(
     reference_dir = str(tmp_path / 'reference')
     shutil.copytree(model_dir, reference_dir, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns('best', 'ckpt-6*', 'checkpoint'))
-    reference.restore()
+    reference.state.restore()
     for mine, theirs in zip(restored['weights'], reference.model.variables):
       np.testing.assert_array_equal(mine, theirs.numpy())
   history = [s for s, _ in resumed.best.history]
@@ -197,7 +197,7 @@ def test_a_directory_without_a_readable_checkpoint_stops_in_one_line(tmp_path):
   assert best_checkpoint.best_checkpoint(model_dir) is not None
 
   restarted = tiny_trainer(model_dir, 2, restart_if_unreadable=True)
-  assert restarted.restore() == 0
+  assert restarted.state.restore() == 0
   assert os.path.exists(tmp_path / 'corrupt_checkpoints' / 'ckpt-2.index')
   # The earlier run's best is set aside: this run keeps no record of it.
   assert restarted.best.best is None and restarted.best.history == []
