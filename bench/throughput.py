@@ -206,48 +206,43 @@ def main(argv):
                              FLAGS.allow_emulated_precision)
   except hardware.EmulatedPrecisionError as error:
     sys.exit(f'Error: {error}')
+  results = _setting(config, strategy)
+  table = _measure(modes, config, strategy, results)
+  conv_peak = _peaks_and_utilisation(config, results)
+  _print_report(config, results, table, conv_peak)
+
+
+def _setting(config, strategy):
+  """What the measurement is of: the configuration, the machine, TF."""
+  return {'preset': FLAGS.preset, 'batch_size': FLAGS.batch_size,
+          'dequantization': config.dequantization,
+          'train_dequant_samples': FLAGS.train_dequant_samples,
+          'image_shape': list(config.image_shape), 'xla': FLAGS.xla,
+          'mixed_precision': FLAGS.mixed_precision or 'float32',
+          'steps_per_loop': int(FLAGS.steps_per_loop[0]),
+          'replicas': strategy.num_replicas_in_sync,
+          **hardware.cpu_info().to_json(), 'cpu_kernels': hardware.kernels_in_use(),
+          'gpus': [d.name for d in tf.config.list_logical_devices('GPU')],
+          'tensorflow': tf.__version__}
+
+
+def _measure(modes, config, strategy, results):
+  """Times each mode into `results`; -> rows (mode, images/s, s/step)."""
   source = synthetic_source(config, max(4 * FLAGS.batch_size, 256))
   train_config = TrainConfig(batch_size=FLAGS.batch_size, eval_every=0,
                              jit_compile=FLAGS.xla, log_every_secs=1e9,
                              mixed_precision=FLAGS.mixed_precision,
                              train_dequant_samples=FLAGS.train_dequant_samples,
                              steps_per_loop=int(FLAGS.steps_per_loop[0]))
-  results = {'preset': FLAGS.preset, 'batch_size': FLAGS.batch_size,
-             'dequantization': config.dequantization,
-             'train_dequant_samples': FLAGS.train_dequant_samples,
-             'image_shape': list(config.image_shape), 'xla': FLAGS.xla,
-             'mixed_precision': FLAGS.mixed_precision or 'float32',
-             'steps_per_loop': int(FLAGS.steps_per_loop[0]),
-             'replicas': strategy.num_replicas_in_sync,
-             **hardware.cpu_info().to_json(), 'cpu_kernels': hardware.kernels_in_use(),
-             'gpus': [d.name for d in tf.config.list_logical_devices('GPU')],
-             'tensorflow': tf.__version__}
   steps = TrainStep(strategy, config, train_config)
   model = steps.model
   results['params'] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
-  flops = model.flops_per_example()
-  results['flops_per_image'] = flops  # forward pass
+  flops = results['flops_per_image'] = model.flops_per_example()  # forward pass
   results['train_flops_per_image'] = 3 * flops
   local_batch = tf.constant(source.train.images[:FLAGS.batch_size])
   table = []
-
   if 'train' in modes:
-    iterator = iter(strategy.distribute_datasets_from_function(
-        lambda ctx: data.train_dataset(source, FLAGS.batch_size, 0, 0, ctx)))
-    by_length = results['train_images_per_sec_by_steps_per_loop'] = {}
-    for length in map(int, FLAGS.steps_per_loop):  # One trace: N is a tensor.
-      n = tf.constant(length, tf.int64)
-      times = [t / length for t in timed(lambda: steps.loop(iterator, n)['step'].numpy(),
-                                         FLAGS.steps, FLAGS.warmup)]
-      by_length[length] = FLAGS.batch_size / statistics.median(times)
-      if 'step_seconds' not in results:
-        median = statistics.median(times)
-        results['step_seconds'] = {'min': min(times), 'median': median,
-                                   'max': max(times)}
-        results['train_images_per_sec'] = FLAGS.batch_size / median
-        results['achieved_gflops'] = 3 * flops * FLAGS.batch_size / median / 1e9
-      table.append((f'train/{length}', by_length[length],
-                    FLAGS.batch_size / by_length[length]))
+    table += _train_rates(steps, source, strategy, flops, results)
   if 'eval' in modes:
     score = tf.function(lambda x: model.bits_per_dim(x), jit_compile=FLAGS.xla or None)
     times = timed(lambda: score(local_batch).numpy(), FLAGS.steps, FLAGS.warmup)
@@ -262,7 +257,33 @@ def main(argv):
     table.append(('sample', results['sample_images_per_sec'], statistics.median(times)))
   if 'data' in modes:
     results['data'] = data_throughput()
+  return table
 
+
+def _train_rates(steps, source, strategy, flops, results):
+  """Training images/s for each --steps_per_loop; the first is the headline."""
+  iterator = iter(strategy.distribute_datasets_from_function(
+      lambda ctx: data.train_dataset(source, FLAGS.batch_size, 0, 0, ctx)))
+  by_length = results['train_images_per_sec_by_steps_per_loop'] = {}
+  table = []
+  for length in map(int, FLAGS.steps_per_loop):  # One trace: N is a tensor.
+    n = tf.constant(length, tf.int64)
+    times = [t / length for t in timed(lambda: steps.loop(iterator, n)['step'].numpy(),
+                                       FLAGS.steps, FLAGS.warmup)]
+    by_length[length] = FLAGS.batch_size / statistics.median(times)
+    if 'step_seconds' not in results:
+      median = statistics.median(times)
+      results['step_seconds'] = {'min': min(times), 'median': median,
+                                 'max': max(times)}
+      results['train_images_per_sec'] = FLAGS.batch_size / median
+      results['achieved_gflops'] = 3 * flops * FLAGS.batch_size / median / 1e9
+    table.append((f'train/{length}', by_length[length],
+                  FLAGS.batch_size / by_length[length]))
+  return table
+
+
+def _peaks_and_utilisation(config, results):
+  """The peaks, the utilisation against them, memory and load; -> conv peak."""
   if results['gpus']:  # The device's own peak; the CPU's measurements do not apply.
     results['float32_peak_gflops'] = matmul_peak_gflops(FLAGS.matmul_size)
   else:
@@ -271,6 +292,7 @@ def main(argv):
   if FLAGS.mixed_precision:  # Utilisation against the compute dtype's peak.
     peak = results[f'matmul_peak_gflops_{FLAGS.mixed_precision}'] = matmul_peak_gflops(
         FLAGS.matmul_size, tf.as_dtype(FLAGS.mixed_precision))
+  results['peak_used_gflops'] = peak
   # The s/t networks' first-scale convolution: the kernel the step is made of.
   height, width, _ = config.image_shape
   conv_peak = results['conv_peak_gflops'] = conv_peak_gflops(
@@ -287,9 +309,13 @@ def main(argv):
     results['gpu_peak_memory_mb'] = tf.config.experimental.get_memory_info(
         'GPU:0')['peak'] / 2 ** 20
   results['load_average'] = os.getloadavg()[0]
+  return conv_peak
 
+
+def _print_report(config, results, table, conv_peak):
   print(f"\n{FLAGS.preset} {config.image_shape} batch {FLAGS.batch_size}, "
-        f"{results['params']:,} parameters, {flops / 1e9:.3f} GFLOP/image forward; "
+        f"{results['params']:,} parameters, "
+        f"{results['flops_per_image'] / 1e9:.3f} GFLOP/image forward; "
         f"{results['cpu_model']} ({' '.join(results['vector_features'])}), "
         f"{results['cpu_kernels']} kernels")
   print(f"{'mode':<10}{'images/s':>12}{'s/step':>10}   (train/N: N steps per loop)")
@@ -299,7 +325,7 @@ def main(argv):
     print(f"data:{name:<20}{rates['images_per_sec']:>10.0f} img/s, "
           f"{rates['images_per_sec_per_core']:.0f} per core, "
           f"{rates['cores_for_5000_per_sec']:.1f} cores for 5,000 img/s")
-  print(f"peak {peak:.0f} GFLOP/s (best of the measurements), "
+  print(f"peak {results['peak_used_gflops']:.0f} GFLOP/s (best of the measurements), "
         f"utilisation {results.get('utilization', float('nan')):.2f}; "
         f"3x3 conv fwd+bwd {conv_peak:.0f} GFLOP/s, "
         f"utilisation {results.get('conv_utilization', float('nan')):.2f}; "
