@@ -45,34 +45,26 @@ from absl import app, flags  # noqa: E402
 import subprocess  # noqa: E402
 
 from real_nvp import config as config_lib  # noqa: E402
-from real_nvp import data, distribute, hardware  # noqa: E402
+from real_nvp import cli_flags, data, distribute, hardware  # noqa: E402
 from real_nvp.config import TrainConfig  # noqa: E402
 from real_nvp.train_step import TrainStep  # noqa: E402
 
+# The run's own flags (train.py's), shared through cli_flags.
+cli_flags.define_strategy_flag()
+cli_flags.define_train_settings(('batch_size', 'xla', 'mixed_precision',
+                                 'train_dequant_samples', 'allow_emulated_precision'))
+cli_flags.define_architecture_flags()
+# The benchmark's own.
 flags.DEFINE_enum('preset', 'digits', sorted(config_lib.PRESETS), 'Architecture preset.')
-flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
 flags.DEFINE_integer('steps', 10, 'Timed steps per mode.')
 flags.DEFINE_integer('warmup', 3, 'Untimed steps first (tracing, autotuning).')
 flags.DEFINE_list('mode', ['train', 'eval', 'sample'],
                   'Any of train, eval, sample, data; or all.')
-flags.DEFINE_bool('xla', False, 'jit_compile the forward/backward pass.')
-flags.DEFINE_enum('mixed_precision', None, ['bfloat16', 'float16'],
-                  'Compute dtype of the s/t networks (flow arithmetic stays float32).')
-flags.DEFINE_enum('strategy', 'mirrored', distribute.STRATEGIES, 'tf.distribute strategy.')
 flags.DEFINE_list('image_shape', None, 'H,W,C overriding the preset.')
-flags.DEFINE_integer('num_scales', None, 'Overrides the preset.')
-flags.DEFINE_integer('feature_maps', None, 'Overrides the preset.')
-flags.DEFINE_integer('num_blocks', None, 'Overrides the preset.')
-flags.DEFINE_enum('dequantization', None, list(config_lib.DEQUANTIZERS),
-                  'Overrides the preset.')
-flags.DEFINE_integer('train_dequant_samples', 1,
-                     'Dequantization draws per image in training (IW objective if > 1).')
 flags.DEFINE_integer('matmul_size', 4096, 'Side of the matmul measuring the peak.')
 flags.DEFINE_list('steps_per_loop', ['1'], 'Training steps per device-loop call, '
                   'one or more (each timed; the first is the headline figure); '
                   '--steps and --warmup count loops.')
-flags.DEFINE_bool('allow_emulated_precision', False,
-                  'Time --mixed_precision even where the device only emulates it.')
 flags.DEFINE_list('data_presets', ['cifar10', 'imagenet64', 'lsun_bedroom', 'celeba'],
                   '--mode=data: the TFDS data sets whose pipelines are timed.')
 flags.DEFINE_bool('peak_only', False, 'Print the TF matmul peak as JSON and exit '
@@ -81,12 +73,9 @@ FLAGS = flags.FLAGS
 
 
 def flow_config():
-  overrides = {}
+  overrides = cli_flags.architecture_overrides()
   if FLAGS.image_shape:
     overrides['image_shape'] = tuple(int(d) for d in FLAGS.image_shape)
-  for name in ('num_scales', 'feature_maps', 'num_blocks', 'dequantization'):
-    if FLAGS[name].value is not None:
-      overrides[name] = FLAGS[name].value
   return config_lib.preset(FLAGS.preset, **overrides)
 
 

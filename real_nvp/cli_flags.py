@@ -15,8 +15,9 @@ from absl import flags
 from real_nvp import config as config_lib
 from real_nvp import data, distribute, model_dir_layout
 
-__all__ = ['define_flags', 'flow_config', 'train_config', 'model_dir', 'DATA_FLAGS',
-           'ARCHITECTURE_FLAGS', 'run_data_source']
+__all__ = ['define_flags', 'define_strategy_flag', 'define_train_settings',
+           'define_architecture_flags', 'architecture_overrides', 'flow_config',
+           'train_config', 'model_dir', 'DATA_FLAGS', 'ARCHITECTURE_FLAGS', 'run_data_source']
 
 DATA_FLAGS = ('dataset', 'data_dir', 'image_size', 'image_channels')
 
@@ -34,16 +35,37 @@ def define_flags():
   flags.DEFINE_string('model_dir', None,
                       'Checkpoints, summaries, samples and the SavedModel; '
                       'default runs/<dataset>.')
-  flags.DEFINE_enum('strategy', 'mirrored', distribute.STRATEGIES,
-                    'tf.distribute strategy.')
+  define_strategy_flag()
   # Optimization, monitoring and checkpoints: one flag per TrainConfig field.
-  for field in dataclasses.fields(config_lib.TrainConfig):
-    _define_setting(field)
+  define_train_settings()
   # Architecture (unset: the data set's preset).
   flags.DEFINE_enum('preset', None, sorted(config_lib.PRESETS),
                     'Architecture preset; default: the data set\'s.')
+  define_architecture_flags()
+
+
+def define_strategy_flag():
+  flags.DEFINE_enum('strategy', 'mirrored', distribute.STRATEGIES,
+                    'tf.distribute strategy.')
+
+
+def define_train_settings(names=None):
+  """The flags of TrainConfig's fields (`names`: only these)."""
+  for field in dataclasses.fields(config_lib.TrainConfig):
+    if names is None or config_lib.flag_name(field) in names:
+      _define_setting(field)
+
+
+def define_architecture_flags():
+  """The flags of FlowConfig's fields; unset (None), they leave the preset's."""
   for field in config_lib.ARCHITECTURE_FIELDS:
     _define_setting(field, default=None)
+
+
+def architecture_overrides(flag_values=flags.FLAGS):
+  """{field: value} of the architecture flags that are set."""
+  return {f: flag_values[f].value for f in ARCHITECTURE_FLAGS
+          if flag_values[f].value is not None}
 
 
 # Architecture flags: FlowConfig's fields (unset: the data set's preset).
@@ -86,10 +108,8 @@ def flow_config(source, flag_values=flags.FLAGS):
   """FlowConfig for `source`: preset, then explicit architecture flags."""
   name = flag_values.preset or source.preset
   base = config_lib.PRESETS[name] if name else _default_config(source)
-  overrides = {f: flag_values[f].value for f in ARCHITECTURE_FLAGS
-               if flag_values[f].value is not None}
   return base.replace(image_shape=source.image_shape, levels=source.levels,
-                      **overrides)
+                      **architecture_overrides(flag_values))
 
 
 def _default_config(source):
