@@ -37,7 +37,8 @@ from real_nvp.batch_norm import FlowBatchNorm
 from real_nvp.bijectors import FlowBijector
 from real_nvp.config import MEMORY_SAVING_MODES, FlowConfig
 from real_nvp.coupling import Coupling
-from real_nvp.dequantization import make_dequantizer, stateless_seed
+from real_nvp.dequantization import make_dequantizer
+from real_nvp.generation import Generation
 from real_nvp.squeeze import Squeeze
 
 tfb = tfp.bijectors
@@ -46,7 +47,7 @@ tfd = tfp.distributions
 __all__ = ['RealNVP']
 
 
-class RealNVP(keras.Model):
+class RealNVP(Generation, keras.Model):
   """Real NVP density model of images with `config.levels` pixel levels.
 
   Densities are of dequantized pixels u in [0, L)^D (the data's pixel space);
@@ -161,7 +162,7 @@ class RealNVP(keras.Model):
     pixels = model_inputs.pixels(self.config, self.compute_dtype, pixels)
     if training:
       return self.distribution(training).log_prob(pixels)
-    return _unless_empty(pixels, lambda: self.distribution().log_prob(pixels),
+    return model_inputs.unless_empty(pixels, lambda: self.distribution().log_prob(pixels),
                          lambda: tf.zeros([0], pixels.dtype))
 
   def _log_prob_of_examples(self, pixels, training):
@@ -191,7 +192,7 @@ class RealNVP(keras.Model):
     images = model_inputs.uint8_images(self.config, images)
     if training:  # Training batches are never empty (and all-reduce in BN).
       return self._log_weights(images, seed, num_samples, training)
-    return _unless_empty(
+    return model_inputs.unless_empty(
         images, lambda: self._log_weights(images, seed, num_samples, training),
         lambda: tf.zeros(tf.stack([num_samples, 0]), self.compute_dtype))
 
@@ -237,71 +238,6 @@ class RealNVP(keras.Model):
     return self.bits_per_dim_estimates(images, seed, num_samples,
                                        training)['bits_per_dim']
 
-  # --- generation and latents ---------------------------------------------
-
-  def sample_pixels(self, num_samples, temperature=1., seed=None):
-    """Dequantized pixels u [n, H, W, C] from the prior scaled by `temperature`.
-
-    `seed`: None (TF's global RNG) or a stateless seed (int or shape [2]).
-    """
-    shape = tf.concat([[num_samples], self.config.image_shape], axis=0)
-    temperature = tf.convert_to_tensor(temperature, self.compute_dtype)
-    with tf.control_dependencies([
-        tf.debugging.assert_all_finite(temperature, 'temperature must be finite'),
-        tf.debugging.assert_non_negative(temperature,
-                                         message='temperature must be >= 0')]):
-      temperature = tf.identity(temperature)
-    if seed is None:
-      z = tf.random.normal(shape, dtype=self.compute_dtype)
-    else:
-      z = tf.random.stateless_normal(
-          shape, seed=stateless_seed(seed), dtype=self.compute_dtype)
-    return self.bijector().forward(z * temperature)
-
-  def sample(self, num_samples, temperature=1., seed=None):
-    """uint8 images [n, H, W, C]; see `sample_pixels`."""
-    return preprocess.quantize(
-        self.sample_pixels(num_samples, temperature, seed), self.config.levels)
-
-  def encode(self, images):
-    """Per-scale latents of images (inference mode); see `split_latents`.
-
-    uint8 images are placed at the centres of their bins (x + 0.5), so that
-    `decode(encode(x)) == x`; float images are taken as dequantized pixels.
-    """
-    images = tf.convert_to_tensor(images)
-    if images.dtype == tf.uint8:
-      images = model_inputs.uint8_images(self.config, images)
-      images = tf.cast(images, self.compute_dtype) + 0.5
-    else:
-      images = model_inputs.pixels(self.config, self.compute_dtype, images)
-    return self.split_latents(_unless_empty(
-        images, lambda: self.bijector().inverse(images), lambda: images))
-
-  def decode(self, latents):
-    """uint8 images from per-scale latents (a list) or a latent [B, H, W, C]."""
-    z = self.merge_latents(latents) if isinstance(latents, (list, tuple)) else latents
-    z = tf.convert_to_tensor(z, self.compute_dtype)
-    model_inputs.check_shape(z, self.config.image_shape, 'latents')
-    with tf.control_dependencies([tf.debugging.assert_all_finite(
-        z, 'latents must be finite (no NaN or inf)')]):
-      z = tf.identity(z)
-    return preprocess.quantize(
-        _unless_empty(z, lambda: self.bijector().forward(z), lambda: z),
-        self.config.levels)
-
-  def split_latents(self, z):
-    """Latent z [B, H, W, C] -> [z_1, ..., z_S], one per scale, finest first.
-
-    z_i (i < S) has shape [B, H/2^i, W/2^i, 2^i C]; z_S is the last scale's
-    input, [B, H/2^(S-1), W/2^(S-1), 2^(S-1) C] (`latent_layout.shapes`).
-    """
-    return self.latent_layout.split(z)
-
-  def merge_latents(self, latents):
-    """Inverse of `split_latents`."""
-    return self.latent_layout.merge(latents, self.config.image_shape)
-
   # --- regularization and cost ---------------------------------------------------
 
   def _components(self):
@@ -325,10 +261,3 @@ class RealNVP(keras.Model):
   @classmethod
   def from_config(cls, config):
     return cls(FlowConfig.from_json(config['config']), config.get('st_dtype'))
-
-
-def _unless_empty(batch, compute, empty):
-  """compute() for a batch with examples, else empty(): the convolutions'
-  kernels fail on an empty batch (which the last batch of a split can give a
-  replica)."""
-  return tf.cond(tf.shape(batch)[0] > 0, compute, empty)

@@ -3,7 +3,7 @@ dtype, value range) instead of a convolution's or a NaN."""
 
 import tensorflow as tf
 
-__all__ = ['check_shape', 'pixels', 'uint8_images']
+__all__ = ['check_shape', 'pixels', 'uint8_images', 'unless_empty']
 
 
 def check_shape(images, image_shape, what):
@@ -39,3 +39,10 @@ def uint8_images(config, images):
       tf.cast(images, tf.int32), config.levels,
       message=f'images must be < levels={config.levels}')]):
     return tf.identity(images)
+
+
+def unless_empty(batch, compute, empty):
+  """compute() for a batch with examples, else empty(): the convolutions'
+  kernels fail on an empty batch (which the last batch of a split can give a
+  replica)."""
+  return tf.cond(tf.shape(batch)[0] > 0, compute, empty)
