@@ -189,7 +189,7 @@ def test_a_directory_without_a_readable_checkpoint_stops_in_one_line(tmp_path):
   trainer.train()
   (tmp_path / 'ckpt-2.index').write_bytes(b'not an index' * 10)
   with pytest.raises(ModelDirError) as raised:
-    tiny_trainer(model_dir, 4).restore()
+    tiny_trainer(model_dir, 4).state.restore()
   message = str(raised.value)
   assert 'None of the 1 checkpoint(s)' in message and '--restart_if_unreadable' in message
   assert '\n' not in message

@@ -127,7 +127,7 @@ def test_leftovers_of_interrupted_saves_are_removed(tmp_path):
   (tmp_path / 'ckpt-7_temp').mkdir()
   (tmp_path / 'ckpt-7_temp' / 'part').write_text('x')
   (tmp_path / 'saved_model.export-tmp-123').mkdir()
-  _trainer(tmp_path, 2).restore()
+  _trainer(tmp_path, 2).state.restore()
   assert not os.path.exists(tmp_path / 'ckpt-7_temp')
   assert not os.path.exists(tmp_path / 'saved_model.export-tmp-123')
 
