@@ -58,7 +58,7 @@ class RealNVP(Generation, keras.Model):
     st_dtype: dtype policy of the s/t networks, e.g. 'mixed_bfloat16' or
       'mixed_float16'; the flow, its log-dets and the prior stay float32.
     memory_saving: how training mode is differentiated, one of
-      `memory_saving.MODES` (see memory_saving.py): a setting of the run,
+      `config.MEMORY_SAVING_MODES` (see memory_saving.py): a setting of the run,
       not of the architecture; it may change between runs of a checkpoint.
 
   Attributes:
