@@ -2,7 +2,7 @@
 images to per-scale latents and back (a part of `model.RealNVP`).
 
 The host class provides `config` (a FlowConfig), `compute_dtype`,
-`bijector()` (forward: latent z -> dequantized pixels u) and
+`prior(temperature)` (the tempered prior, a TFP distribution), `bijector()` (forward: latent z -> dequantized pixels u) and
 `latent_layout` (where each scale's latent sits in z, flow_tree.py).
 """
 
@@ -18,23 +18,24 @@ class Generation:
   """Sampling and latents; see the module docstring."""
 
   def sample_pixels(self, num_samples, temperature=1., seed=None):
-    """Dequantized pixels u [n, H, W, C] from the prior scaled by `temperature`.
+    """Dequantized pixels u [n, H, W, C]: z from the tempered prior
+    (`prior(temperature)`, standard deviation `temperature`) through the flow.
 
-    `seed`: None (TF's global RNG) or a stateless seed (int or shape [2]).
+    `seed`: None (TF's global RNG) or a stateless seed (int or shape [2]) of
+    32-bit integers, as TFP's samplers take them (the numbers are those of
+    tf.random.stateless_normal with that seed, times the temperature).
     """
-    shape = tf.concat([[num_samples], self.config.image_shape], axis=0)
     temperature = tf.convert_to_tensor(temperature, self.compute_dtype)
     with tf.control_dependencies([
         tf.debugging.assert_all_finite(temperature, 'temperature must be finite'),
         tf.debugging.assert_non_negative(temperature,
                                          message='temperature must be >= 0')]):
-      temperature = tf.identity(temperature)
+      prior = self.prior(tf.identity(temperature))
     if seed is None:
-      z = tf.random.normal(shape, dtype=self.compute_dtype)
+      z = prior.sample(num_samples)
     else:
-      z = tf.random.stateless_normal(
-          shape, seed=stateless_seed(seed), dtype=self.compute_dtype)
-    return self.bijector().forward(z * temperature)
+      z = prior.sample(num_samples, seed=_int32_seed(seed))
+    return self.bijector().forward(z)
 
   def sample(self, num_samples, temperature=1., seed=None):
     """uint8 images [n, H, W, C]; see `sample_pixels`."""
@@ -79,3 +80,12 @@ class Generation:
   def merge_latents(self, latents):
     """Inverse of `split_latents`."""
     return self.latent_layout.merge(latents, self.config.image_shape)
+
+
+def _int32_seed(seed):
+  """A stateless seed as the int32 pair TFP's samplers take, or a clear error."""
+  seed = stateless_seed(seed)
+  with tf.control_dependencies([tf.debugging.assert_less_equal(
+      tf.abs(seed), tf.constant(2 ** 31 - 1, tf.int64),
+      message='sample seeds must be 32-bit integers')]):
+    return tf.cast(seed, tf.int32)
