@@ -167,7 +167,7 @@ def test_a_full_disk_stops_with_the_directory_and_last_checkpoint(tmp_path, monk
     raise tf.errors.ResourceExhaustedError(None, None, 'No space left on device')
 
   monkeypatch.setattr(trainer.state.manager, 'save', full)
-  monkeypatch.setattr(trainer, 'restore', lambda: 2)
+  monkeypatch.setattr(trainer.state, 'restore', lambda: 2)
   with pytest.raises(StorageError) as raised:
     trainer.train()
   message = str(raised.value)
