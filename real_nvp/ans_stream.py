@@ -1,189 +1,175 @@
-"""The bits-back stream: constriction's ANS stack with uniform indices of any
-count up to 2^40 (counts above 2^12, where 24-bit probabilities would no
-longer be uniform, are split into one of 256 blocks, a categorical, and
-their indices within blocks), a categorical model, and the starts of the
-chain: while `chain_start` is set, the encoder draws what it would decode
-from a seeded generator (the file holds no bits for it to take back; their
-information is `initial_bits`) and the decoder skips the matching encodes.
-An encoder that would decode more than the stack holds raises
-StackExhausted (see `Compressor.encode`).
-"""
+"""The bits-back stream: constriction's ANS stack, coded in whole arrays.
 
-import math
+Every call takes numpy arrays: uniform indices with per-element sizes (any
+size up to 2^48; sizes above 2^12 that are not powers of two, where
+constriction's 24-bit probabilities would no longer be uniform to 2^-12,
+are split into a high part of at most 2^12 values and an exact low part,
+see _Split), and symbols of one shared categorical model. The stack may
+start from given bytes (the chain's start, compression.py): what the
+encoder decodes first is taken from them, and the decoder, having encoded
+it all back, gets them back exactly (`remaining_bytes`).
+
+An encoder that decodes more than the stack holds raises StackExhausted:
+its values came from the stack's empty bottom, not from bits, and the
+caller codes a smaller batch instead.
+"""
 
 import constriction
 import numpy as np
 
-__all__ = ['Stream', 'StackExhausted']
+__all__ = ['Stream', 'StackExhausted', 'MAX_UNIFORM']
 
-_DIRECT = 2 ** 12  # larger counts are split (see _Large)
-_HIGH_SYMBOLS = 256
-
-
-class StackExhausted(Exception):
-  """The encoder decoded more than the stack held: the values came from its
-  empty bottom (zeros), not from bits. The caller restarts the image as a
-  start of the chain."""
-
-
+MAX_UNIFORM = 2 ** 48  # the largest size of a uniform index
+_DIRECT = 2 ** 12  # sizes up to this are one uniform symbol (see _plan)
 _RESERVE_BITS = 32  # fewer valid bits left after a decode: the stack ran out
 
 
+class StackExhausted(Exception):
+  """The encoder decoded more than the stack held."""
+
+
 class Stream:
-  """The ANS stack shared by every step (see the module docstring).
+  """The ANS stack shared by every coding step.
 
   Args:
-    encoding: True on the encoder's side, False on the decoder's.
-    words: the compressed words to start from (decoder), as uint32.
-    seed: seed of the generator behind the chain's start (both sides).
+    encoding: True on the encoder's side (decodes are checked against the
+      stack's bottom), False on the decoder's.
+    words: uint32 words to start from: a file's payload (decoder).
+    initial: bytes to start the stack from (encoder; see the module
+      docstring), sealed so that trailing zero bytes come back too.
   """
 
-  def __init__(self, encoding, words=None, seed=0):
+  def __init__(self, encoding, words=None, initial=None):
     self.encoding = encoding
-    self._ans = (constriction.stream.stack.AnsCoder(words) if words is not None
-                 else constriction.stream.stack.AnsCoder())
+    coder = constriction.stream.stack.AnsCoder
+    if initial is not None:
+      self._ans = coder(_bytes_to_words(initial), seal=True)
+    elif words is not None:
+      self._ans = coder(np.asarray(words, np.uint32))
+    else:
+      self._ans = coder()
     self._uniform = constriction.stream.model.Uniform()
     self._categorical = constriction.stream.model.Categorical(perfect=False)
-    self._rng = np.random.default_rng(seed)
-    self.chain_start = False
-    self.initial_bits = 0.
-    self.low_water = 0  # the fewest valid bits seen since it was last set
+    self.low_water = self.valid_bits()  # the fewest valid bits since it was last set
 
-  # --- uniform indices of any count -------------------------------------------------
+  # --- uniform indices ----------------------------------------------------------------
 
-  def decode_uniform(self, counts):
-    """Indices i_p < counts[p] from the stream (on the chain's start: drawn
-    from the generator, their information added to initial_bits)."""
-    if self.encoding and self.chain_start:
-      index = []
-      for count in counts:
-        index.append(int(self._rng.integers(count)) if count > 1 else 0)
-        self.initial_bits += math.log2(count)
-      return index
-    index = self._decode_uniform(counts)
-    self._check_not_exhausted()
+  def decode_uniform(self, sizes):
+    """int64 indices i < sizes (elementwise) from the stream."""
+    sizes = _check_sizes(sizes)
+    index = np.zeros(sizes.shape, np.int64)
+    direct, large = _plan(sizes)
+    if direct.any():
+      index[direct] = self._ans.decode(self._uniform, sizes[direct].astype(np.int32))
+      self._check_not_exhausted()
+    if large.any():
+      split = _Split(sizes[large])
+      high = self.decode_uniform(split.high_sizes)
+      index[large] = (high << split.shift) + self.decode_uniform(split.low_sizes(high))
     return index
 
-  def _decode_uniform(self, counts):
-    index = [0] * len(counts)
-    direct, large = _plan(counts)
-    if direct:
-      values = self._ans.decode(self._uniform, np.array([counts[p] for p in direct], np.int32))
-      for p, v in zip(direct, values):
-        index[p] = int(v)
-    if large:
-      parts = [_Large(counts[p]) for p in large]
-      highs = [int(h) for h in self._ans.decode(
-          self._categorical, np.stack([part.probabilities for part in parts]))]
-      blocks = [part.block(high) for part, high in zip(parts, highs)]
-      lows = self._decode_uniform([size for _, size in blocks])
-      for p, (offset, _), low in zip(large, blocks, lows):
-        index[p] = offset + low
-    return index
+  def encode_uniform(self, index, sizes):
+    """Inverse of decode_uniform."""
+    sizes = _check_sizes(sizes)
+    index = np.asarray(index, np.int64).ravel()
+    if np.any((index < 0) | (index >= sizes)):
+      raise ValueError('A uniform index is outside its range.')
+    direct, large = _plan(sizes)
+    if large.any():
+      split = _Split(sizes[large])
+      high = index[large] >> split.shift
+      self.encode_uniform(index[large] & ((1 << split.shift) - 1), split.low_sizes(high))
+      self.encode_uniform(high, split.high_sizes)
+    if direct.any():
+      self._ans.encode_reverse(index[direct].astype(np.int32), self._uniform,
+                               sizes[direct].astype(np.int32))
 
-  def encode_uniform(self, index, counts):
-    """Inverse of decode_uniform (skipped on the chain's start when decoding)."""
-    if not self.encoding and self.chain_start:
-      return
-    direct, large = _plan(counts)
-    if large:
-      parts = [_Large(counts[p]) for p in large]
-      highs = [part.high(index[p]) for p, part in zip(large, parts)]
-      blocks = [part.block(high) for part, high in zip(parts, highs)]
-      # (The chain's-start rule was applied above; the parts follow it.)
-      self.encode_uniform([index[p] - offset for p, (offset, _) in zip(large, blocks)],
-                          [size for _, size in blocks])
-      self._ans.encode_reverse(np.array(highs, np.int32), self._categorical,
-                               np.stack([part.probabilities for part in parts]))
-    if direct:
-      self._ans.encode_reverse(np.array([index[p] for p in direct], np.int32),
-                               self._uniform, np.array([counts[p] for p in direct], np.int32))
+  # --- symbols of one categorical model -------------------------------------------------
 
-  # --- symbols of a categorical model ------------------------------------------------
-
-  def decode_categorical(self, probabilities, amount):
-    """`amount` symbols of one categorical model (float64 probabilities)."""
-    if self.encoding and self.chain_start:
-      symbols = self._rng.choice(len(probabilities), size=amount,
-                                 p=probabilities / probabilities.sum())
-      self.initial_bits += float(-np.log2(probabilities[symbols] / probabilities.sum()).sum())
-      return symbols.astype(np.int64)
-    model = constriction.stream.model.Categorical(probabilities, perfect=False)
+  def decode_categorical(self, model, amount):
+    """`amount` symbols of `model` (constriction's Categorical), int64."""
     symbols = self._ans.decode(model, amount).astype(np.int64)
     self._check_not_exhausted()
     return symbols
 
-  def encode_categorical(self, symbols, probabilities):
-    if not self.encoding and self.chain_start:
-      return
-    model = constriction.stream.model.Categorical(probabilities, perfect=False)
-    self._ans.encode_reverse(np.asarray(symbols, np.int32), model)
+  def encode_categorical(self, symbols, model):
+    self._ans.encode_reverse(np.asarray(symbols, np.int32).ravel(), model)
 
-  # --- the stream ------------------------------------------------------------------------
+  # --- the stack ------------------------------------------------------------------------
 
   def _check_not_exhausted(self):
     if not self.encoding:
       return
-    valid = self._ans.num_valid_bits()
+    valid = self.valid_bits()
     self.low_water = min(self.low_water, valid)
     if valid < _RESERVE_BITS:
       raise StackExhausted()
 
   def valid_bits(self):
-    return self._ans.num_valid_bits()
+    return int(self._ans.num_valid_bits())
 
-  def snapshot(self):
-    """The state to go back to (see `restore`)."""
-    return self._ans.clone(), self.initial_bits
-
-  def restore(self, snapshot):
-    ans, self.initial_bits = snapshot
-    self._ans = ans.clone()
+  def clone(self):
+    """A copy to go back to (the coder's state only)."""
+    other = object.__new__(Stream)
+    other.__dict__.update(self.__dict__)
+    other._ans = self._ans.clone()  # pylint: disable=protected-access
+    return other
 
   def words(self):
     """The compressed stream, uint32."""
     return self._ans.get_compressed()
 
+  def remaining_bytes(self, length):
+    """Decoder, at the end: the `length` initial bytes the encoder started
+    from (ValueError if the stack does not hold exactly them)."""
+    words = self._ans.get_compressed(unseal=True)
+    data = np.asarray(words, '<u4').tobytes()
+    if len(data) != -(-length // 4) * 4 or any(data[length:]):
+      raise ValueError('the stream does not end in the chain\'s start')
+    return data[:length]
+
   def is_empty(self):
     return self._ans.is_empty()
 
 
-def _plan(counts):
-  """(direct, large): positions coded by one uniform symbol (sizes up to
-  2^12, where constriction's 24-bit probabilities are uniform to 2^-12, or
-  exact powers of two up to 2^24), and the rest (see _Large)."""
-  direct, large = [], []
-  for p, n in enumerate(counts):
-    if n < 2:
-      continue
-    if n <= _DIRECT or (n & (n - 1) == 0 and n <= 2 ** 24):
-      direct.append(p)
-    else:
-      large.append(p)
-  return direct, large
+def _bytes_to_words(data):
+  padded = bytes(data) + b'\0' * (-len(data) % 4)
+  return np.frombuffer(padded, '<u4').astype(np.uint32)
 
 
-class _Large:
-  """A uniform index below a large count n, coded as a block h < 256 and an
-  index below the block's size: the blocks are n // 256 or n // 256 + 1
-  long, h is a categorical with exactly their shares, and the index within
-  the block is coded the same way again until it is small (every level is
-  uniform to 24-bit precision, where one symbol of a count near 2^24 would
-  not be)."""
+def _check_sizes(sizes):
+  sizes = np.asarray(sizes, np.int64).ravel()
+  if sizes.size and (sizes.min() < 1 or sizes.max() > MAX_UNIFORM):
+    raise ValueError(f'A uniform size is outside [1, 2^48] ({sizes.min()}, {sizes.max()}).')
+  return sizes
 
-  def __init__(self, count):
-    self.size, self.longer = divmod(count, _HIGH_SYMBOLS)  # `longer` blocks of size + 1
-    probabilities = np.full(_HIGH_SYMBOLS, float(self.size))
-    probabilities[:self.longer] += 1.
-    self.probabilities = probabilities / count
 
-  def block(self, high):
-    """(offset, size) of block `high`."""
-    return (high * self.size + min(high, self.longer),
-            self.size + (1 if high < self.longer else 0))
+def _plan(sizes):
+  """Boolean masks (direct, large): one uniform symbol (sizes up to 2^12,
+  uniform to 2^-12 at constriction's 24-bit precision, or powers of two up
+  to 2^24, exact), and the rest (see _Split). Size 1 is neither: it codes
+  nothing."""
+  power_of_two = (sizes & (sizes - 1)) == 0
+  direct = (sizes > 1) & ((sizes <= _DIRECT) | (power_of_two & (sizes <= 2 ** 24)))
+  return direct, (sizes > 1) & ~direct
 
-  def high(self, index):
-    boundary = self.longer * (self.size + 1)
-    if index < boundary:
-      return index // (self.size + 1)
-    return self.longer + (index - boundary) // self.size
+
+class _Split:
+  """A uniform index below a large size n as a high part h < ceil(n / 2^m)
+  (at most 2^12, coded directly) and a low part below 2^m (exact), or below
+  what is left of n in the last block. The low part is uniform given h; h
+  is uniform but for the last block's smaller share, a loss (the relative
+  entropy to the uniform) of about 2^-11 log2(2^m / rest) bits."""
+
+  def __init__(self, sizes):
+    self.sizes = sizes
+    self.shift = np.maximum(0, _bit_length(sizes) - 12)
+    self.high_sizes = (sizes + (1 << self.shift) - 1) >> self.shift
+
+  def low_sizes(self, high):
+    last = high == self.high_sizes - 1
+    return np.where(last, self.sizes - (high << self.shift), 1 << self.shift)
+
+
+def _bit_length(values):
+  return np.floor(np.log2(values.astype(np.float64))).astype(np.int64) + 1

@@ -1,23 +1,16 @@
 """Coding maps: how each layer moves a value from the data side to the latent
-side, in the exact terms the lossless coder needs (local bits-back coding,
-Ho, Lohn & Abbeel 2019). Pure numpy: the layers describe themselves with
-these, and nothing here needs the entropy coder.
+side, in the terms the lossless coder needs (coding_steps.py codes them on
+fixed-point grids). Pure numpy: the layers describe themselves with these,
+and nothing here needs the entropy coder.
 
-Every value is held on a fixed-point grid: an integer X stands for the cell
-[X, X + 1) 2^-k of width 2^-k. A layer that is element-wise given what it
-conditions on maps each element by an increasing function g from its data
-side (grid k_in) to its latent side (grid k_out = k_in + c). The cell of X
-maps onto the interval [g(X 2^-k_in), g((X + 1) 2^-k_in)), which holds the
-n = lo(X + 1) - lo(X) latent grid points Y = lo(X) + i, i < n, with
-lo(X) = ceil(g(X 2^-k_in) 2^k_out); decoding finds X = floor(g^-1(Y 2^-k_out)
-2^k_in) by rounding (coding_steps.py codes i).
-
-- `AffineMap`: y = x * scale + shift (couplings, flow batch norm), computed
-  exactly on the integers (float64 scale and shift are dyadic rationals), so
-  any precision works.
+- `AffineMap`: y = x * scale + shift per element given what the layer
+  conditions on (couplings, flow batch norm); coded as an exact integer
+  scale transform.
 - `MonotoneMap`: a non-linear increasing map (the logit preprocessing, the
-  dequantizer's sigmoid) evaluated in float64 on grids of at most 53 bits,
-  with the cells found by a search that is exact by construction.
+  dequantizer's sigmoid) from a data grid to a latent grid: the cell
+  [X, X + 1) 2^-k_in maps onto [g(X 2^-k_in), g((X + 1) 2^-k_in)), which
+  holds the latent grid points lo(X) <= Y < lo(X + 1), lo(X) = ceil(g(X
+  2^-k_in) 2^k_out), found by a search that is exact by construction.
 - `Permutation`: positions only (squeeze).
 """
 
@@ -25,57 +18,31 @@ import math
 
 import numpy as np
 
-__all__ = ['AffineMap', 'MonotoneMap', 'Permutation', 'CodingError', 'MAX_UNIFORM']
-
-MAX_UNIFORM = 2 ** 40  # the largest cell count a step codes
+__all__ = ['AffineMap', 'MonotoneMap', 'Permutation', 'CodingError']
 
 
 class CodingError(ValueError):
   """A value cannot be coded at the chosen precisions (the message says which)."""
 
 
-def _dyadic(values):
-  """float64 array -> (numerators, exponents): value = numerator / 2^exponent."""
-  pairs = [float(v).as_integer_ratio() for v in np.ravel(values)]
-  return [p[0] for p in pairs], [p[1].bit_length() - 1 for p in pairs]
-
-
 class AffineMap:
   """y = x * scale + shift per element, scale > 0 (float64 arrays of the
-  layer's shape). `conditioning`: bool array of the elements the parameters
-  were computed from (the map is the identity there); a decoder recovers
-  them first, then asks the layer for the map."""
+  layer's shape). `conditioning`: bool array [H, W, C] of the elements the
+  parameters were computed from (the map is the identity there); a decoder
+  recovers them first, then asks the layer for the map."""
 
   def __init__(self, scale, shift, conditioning=None):
     scale = np.asarray(scale, np.float64)
+    shift = np.asarray(shift, np.float64)
     if not np.all(np.isfinite(scale) & (scale > 0)) or not np.all(np.isfinite(shift)):
       raise CodingError('A layer\'s coding map has a scale that is not finite '
                         'and positive, or a shift that is not finite.')
-    self.scale, self.shift = scale, np.asarray(shift, np.float64)
+    self.scale, self.shift = scale, shift
     self.conditioning = conditioning
-    # Numerators and exponents, once: each step evaluates the map 3 times.
-    self._terms = list(zip(*_dyadic(scale), *_dyadic(self.shift)))
 
   def inverse(self):
     """The map from the latent side to the data side (float64-rounded)."""
     return AffineMap(1. / self.scale, -self.shift / self.scale, self.conditioning)
-
-  def lower_edges(self, x, k_in, k_out):
-    """lo(X) = ceil(g(X 2^-k_in) 2^k_out) for integers X (flat lists), exactly."""
-    out = []
-    for xi, (an, ea, bn, eb) in zip(x, self._terms):
-      numerator = (an * xi << eb) + (bn << (k_in + ea))
-      shift = k_in + ea + eb - k_out
-      if shift <= 0:
-        out.append(numerator << -shift)
-      else:
-        out.append(-((-numerator) >> shift))
-    return out
-
-  def data_cells(self, y, k_in, k_out):
-    """X = floor(g^-1(Y 2^-k_out) 2^k_in) for integers Y (flat lists), exactly."""
-    return [(((yi << eb) - (bn << k_out)) << (k_in + ea)) // (an << (k_out + eb))
-            for yi, (an, ea, bn, eb) in zip(y, self._terms)]
 
 
 class MonotoneMap:
@@ -109,8 +76,9 @@ class MonotoneMap:
     return np.clip(np.nan_to_num(x, nan=x_min), x_min, x_max).astype(np.int64)
 
   def data_cells(self, y, k_in, k_out):
+    """X = the data cell of each latent grid point Y (int64 arrays)."""
     self._check(k_in, k_out)
-    return [int(v) for v in self._cells(y, k_in, k_out)]
+    return self._cells(y, k_in, k_out)
 
   def lower_edges(self, x, k_in, k_out):
     """lo(X) = the first latent grid point whose cell is X or after, found
@@ -130,8 +98,7 @@ class MonotoneMap:
       lo = lo - earlier + later
     else:
       raise CodingError('The cells of a non-linear coding step could not be found.')
-    lo = np.where(x > x_max, y_max + 1, np.where(x <= x_min, y_min, lo))
-    return [int(v) for v in lo]
+    return np.where(x > x_max, y_max + 1, np.where(x <= x_min, y_min, lo))
 
 
 class Permutation:

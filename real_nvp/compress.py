@@ -6,13 +6,17 @@
 
 `encode` codes a split of a data set (the run's own held-out split by
 default; --dataset, --split, --num_images choose others) with a checkpoint
-of the run (--checkpoint: best, a path, or the newest) and prints, as its
-last line, one JSON object: num_images, num_dims, file_bits, header_bits,
-initial_bits, bits_per_dim_file, bits_per_dim_net (without the initial
-bits), model_bits_per_dim (the model's bound on the same images, one draw of
-its dequantizer, inference mode) and the coding speed. `decode` writes the
-images back in the encoded order (OUT.npz with uint8 `images`, or PNGs in a
-folder) and refuses a file of another model. The method: compression.py.
+of the run (--checkpoint: best, a path, or the newest), --batch_size images
+per network call, and prints, as its last line, one JSON object:
+num_images, num_dims, batch_size, file_bits, header_bits, start_images
+(coded by the codec that starts the chain), initial_bits (what that start
+costs above the model's bound on those images), bits_per_dim_file,
+bits_per_dim_net (without the initial bits), model_bits_per_dim (the
+model's bound on the same images, one draw of its dequantizer, inference
+mode) and the coding speed. `decode` writes the images back in the encoded
+order (OUT.npz with uint8 `images`, or PNGs in a folder) and refuses a file
+of another model. Both print a progress line every 5 s on long runs. The
+method: compression.py.
 """
 
 import json
@@ -25,7 +29,8 @@ from absl import app, flags, logging
 # real_nvp before TensorFlow: it chooses TF's CPU kernels (hardware.py).
 from real_nvp import best_checkpoint, checkpoints, cli_flags, data, hardware, storage
 import numpy as np  # noqa: E402  pylint: disable=g-bad-import-order
-from real_nvp.compression import CompressedFileError, Compressor, Precisions  # noqa: E402
+from real_nvp.compression import (CompressedFileError, Compressor, Precisions,  # noqa: E402
+                                  progress_printer)
 from real_nvp.evaluation import Evaluator  # noqa: E402
 
 COMMANDS = ('encode', 'decode')
@@ -44,8 +49,8 @@ def _define_flags():
   flags.DEFINE_integer('dequantization_precision', Precisions.dequantization,
                        'Bits below the pixel unit at which the dequantization '
                        'noise is taken back.')
-  flags.DEFINE_integer('layer_precision', Precisions.layer,
-                       'Bits each element-wise coding step adds.')
+  flags.DEFINE_integer('latent_precision', Precisions.latent,
+                       'The latent grid is 2^-N; 0: chosen from the levels.')
   flags.DEFINE_integer('prior_bins_precision', Precisions.prior_bins,
                        'The prior\'s bins are 2^-N wide.')
   flags.DEFINE_bool('allow_platform_mismatch', False,
@@ -60,20 +65,35 @@ def _split_images(source, num_images):
   return np.concatenate(batches)
 
 
+def _precisions(flags_):
+  return Precisions(flags_.dequantization_precision, flags_.latent_precision,
+                    flags_.prior_bins_precision)
+
+
+def _bound_bits(model, images, batch_size, seed):
+  """The model's bound in bits on `images` (one draw each, inference mode)."""
+  total = 0.
+  for begin in range(0, len(images), batch_size):
+    estimates = model.bits_per_dim_estimates(images[begin:begin + batch_size],
+                                             seed=(seed, begin))
+    total += float(np.sum(estimates['bits_per_dim'])) * int(np.prod(images.shape[1:]))
+  return total
+
+
 def _encode(flags_, model_dir, model, step, path):
   storage.check_writable(flags_.output)
   source = cli_flags.run_data_source(model_dir, flags_.split)
   images = _split_images(source, flags_.num_images)
-  compressor = Compressor(model, Precisions(flags_.dequantization_precision,
-                                            flags_.layer_precision,
-                                            flags_.prior_bins_precision))
+  compressor = Compressor(model, _precisions(flags_), batch_size=flags_.batch_size)
   start = time.time()
-  blob, info = compressor.encode(images)
+  blob, info = compressor.encode(images, progress_printer('encode', sys.stderr))
   seconds = time.time() - start
   storage.write_bytes_atomically(flags_.output, blob)
   evaluation = Evaluator(model, batch_size=flags_.batch_size, seed=flags_.seed)(
       source, len(images))
   dims = info['num_images'] * info['num_dims']
+  info['initial_bits'] = info['start_bits'] - _bound_bits(
+      model, images[:info['start_images']], flags_.batch_size, flags_.seed)
   report = {
       **info, 'bits_per_dim_file': info['file_bits'] / dims,
       'bits_per_dim_net': (info['file_bits'] - info['initial_bits']) / dims,
@@ -93,7 +113,8 @@ def _decode(flags_, model):
   with open(flags_.input, 'rb') as f:
     blob = f.read()
   start = time.time()
-  images = Compressor(model).decode(blob, flags_.allow_platform_mismatch)
+  images = Compressor(model).decode(blob, flags_.allow_platform_mismatch,
+                                    progress_printer('decode', sys.stderr))
   seconds = time.time() - start
   if as_npz:
     storage.write_bytes_atomically(flags_.output, _npz_bytes(images))
@@ -129,6 +150,7 @@ def main(argv):
   model_dir = cli_flags.model_dir()
   hardware.log_platform()
   try:
+    _precisions(flags_)  # before the model loads
     model, step, path = checkpoints.restore_model(
         model_dir, best_checkpoint.resolve_checkpoint(model_dir, flags_.checkpoint))
     logging.info('%s with %s (step %d)', argv[1], path, step)

@@ -1,12 +1,14 @@
 """The compressed file, pure bytes: its header and payload (no TensorFlow).
 
-Every byte counts against bits/dim, so the header is binary (20 bytes for
-180 8x8 images): the magic b'RZ', the format version, the three precisions
-packed in 2 bytes, 4 bytes of SHA-256 over the model's config and weights,
-1 byte of SHA-256 over the platform (TensorFlow version, CPU kernels,
-device), LEB128 varints of the number of images, H, W, C and the chain's
-restarts after image 0 (their count and gaps), 4 bytes of SHA-256 over the
-images; then the ANS payload, little-endian uint32 words.
+Every byte counts against bits/dim, so the header is binary (about 25
+bytes): the magic b'RZ', the format version, the three precisions packed
+in 2 bytes, 4 bytes of SHA-256 over the model's config and weights, 1 byte
+of SHA-256 over the platform (TensorFlow version, CPU kernels, device),
+LEB128 varints of the number of images, H, W, C, the batch size, the
+number of images in the chain's start and its byte length, and the
+bits-back batches as runs (size, count); 4 bytes of SHA-256 over the
+images. Then the payload: the ANS stack's little-endian uint32 words, or,
+when every image is in the chain's start, its bytes (compression.py).
 """
 
 import dataclasses
@@ -16,10 +18,12 @@ import json
 import numpy as np
 
 __all__ = ['Precisions', 'Header', 'CompressedFileError', 'read_header', 'MAGIC',
-           'FORMAT_VERSION', 'platform_fingerprint', 'images_checksum']
+           'FORMAT_VERSION', 'platform_fingerprint', 'images_checksum', 'varints',
+           'read_varints']
 
 MAGIC = b'RZ'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MAX_DIMS = 2 ** 28  # H * W * C of one image
 
 
 class CompressedFileError(ValueError):
@@ -30,18 +34,17 @@ class CompressedFileError(ValueError):
 class Precisions:
   """Bits of the fixed-point grids (stored in the file's header).
 
-  dequantization: u on the grid 2^-k_u (pixel units): the precision at which
-    the dequantization noise is taken back.
-  layer: bits each element-wise coding step adds (cells of about 2^layer
-    latent points: the O(2^-layer) loss per step).
+  dequantization: the noise u on the grid 2^-k_u (pixel units).
+  latent: every value after the preprocessing on the grid 2^-k (the
+    dequantizer's too); 0: chosen from the model's levels (Compressor).
   prior_bins: the prior's bins are 2^-prior_bins wide.
   """
-  dequantization: int = 16
-  layer: int = 16
+  dequantization: int = 8
+  latent: int = 0
   prior_bins: int = 6
 
   def __post_init__(self):
-    for name, low, high in (('dequantization', 1, 30), ('layer', 4, 30),
+    for name, low, high in (('dequantization', 1, 24), ('latent', 0, 40),
                             ('prior_bins', 1, 10)):
       value = getattr(self, name)
       if not isinstance(value, int) or not low <= value <= high:
@@ -61,29 +64,34 @@ def images_checksum(images):
 
 @dataclasses.dataclass
 class Header:
-  """The file's header (see the module docstring), 20-odd bytes."""
+  """The file's header (see the module docstring)."""
   precisions: Precisions
   model_fingerprint: bytes
   platform_fingerprint: bytes
   num_images: int
   image_shape: tuple
+  batch_size: int
+  start_images: int  # the first images, coded by image_codec.py
+  start_bytes: int
+  batches: tuple  # sizes of the bits-back batches, in coding order
   images_checksum: bytes
-  chain_starts: tuple
 
   def to_bytes(self):
     """The header's bytes (the payload follows them)."""
     p = self.precisions
-    packed = p.dequantization | p.layer << 5 | p.prior_bins << 10  # 5 + 5 + 4 bits
-    gaps = np.diff(self.chain_starts) - 1  # the first start is image 0
+    packed = p.dequantization | p.latent << 5 | p.prior_bins << 11  # 5 + 6 + 4 bits
+    runs = _runs(self.batches)
     return (MAGIC + bytes([FORMAT_VERSION]) + packed.to_bytes(2, 'little') +
             self.model_fingerprint + self.platform_fingerprint +
-            _varints([self.num_images, *self.image_shape, len(gaps), *gaps]) +
+            varints([self.num_images, *self.image_shape, self.batch_size,
+                     self.start_images, self.start_bytes, len(runs)] +
+                    [v for run in runs for v in run]) +
             self.images_checksum)
 
 
 def read_header(data):
   """(header, payload bytes) of a compressed file; CompressedFileError if it
-  is not one or its header is damaged."""
+  is not one, or its header is damaged or disagrees with its payload."""
   if not data.startswith(MAGIC):
     raise CompressedFileError('Not a real-nvp compressed file (it does not start '
                               f'with {MAGIC!r}).')
@@ -94,27 +102,49 @@ def read_header(data):
       raise CompressedFileError(f'Format version {version} is not {FORMAT_VERSION}, '
                                 'the one this code reads.')
     packed = int.from_bytes(data[position + 1:position + 3], 'little')
-    precisions = Precisions(packed & 31, packed >> 5 & 31, packed >> 10 & 15)
+    precisions = Precisions(packed & 31, packed >> 5 & 63, packed >> 11 & 15)
     position += 3
     model, platform = data[position:position + 4], data[position + 4:position + 5]
-    values, position = _read_varints(data, position + 5, 5)
-    gaps, position = _read_varints(data, position, values[4])
+    values, position = read_varints(data, position + 5, 8)
+    flat_runs, position = read_varints(data, position, 2 * min(values[7], len(data)))
     checksum = data[position:position + 4]
-    starts = np.cumsum([0] + [g + 1 for g in gaps])
-    header = Header(precisions, model, platform, values[0], tuple(values[1:4]),
-                     checksum, tuple(int(s) for s in starts))
   except (ValueError, IndexError) as error:
     if isinstance(error, CompressedFileError):
       raise
     raise CompressedFileError('The file\'s header is damaged or truncated.') from None
+  num_images, shape, batch_size, start_images, start_bytes = (
+      values[0], tuple(values[1:4]), values[4], values[5], values[6])
   payload = data[position + 4:]
-  if len(checksum) != 4 or len(payload) % 4:
-    raise CompressedFileError('The file is truncated (its payload is not whole '
-                              '32-bit words).')
+  runs = list(zip(flat_runs[::2], flat_runs[1::2]))
+  if sum(count for _, count in runs) > min(num_images, 8 * len(data) + 64):
+    raise CompressedFileError('The file\'s header is damaged (more batches than '
+                              'images or bytes).')
+  batches = tuple(size for size, count in runs for _ in range(count))
+  if (len(checksum) != 4 or min(shape) < 1 or int(np.prod(shape)) > MAX_DIMS or
+      start_images + sum(batches) != num_images or num_images < 1 or
+      any(not 1 <= size <= batch_size for size in batches) or
+      start_bytes > len(payload) + 4):
+    raise CompressedFileError('The file\'s header is damaged or truncated (its '
+                              'counts do not add up).')
+  if (batches and len(payload) % 4) or (not batches and len(payload) != start_bytes):
+    raise CompressedFileError('The file is truncated or has bytes appended.')
+  header = Header(precisions, model, platform, num_images, shape, batch_size,
+                  start_images, start_bytes, batches, checksum)
   return header, payload
 
 
-def _varints(values):
+def _runs(sizes):
+  runs = []
+  for size in sizes:
+    if runs and runs[-1][0] == size:
+      runs[-1][1] += 1
+    else:
+      runs.append([size, 1])
+  return runs
+
+
+def varints(values):
+  """LEB128 bytes of non-negative integers."""
   out = bytearray()
   for value in values:
     while True:
@@ -125,11 +155,15 @@ def _varints(values):
   return bytes(out)
 
 
-def _read_varints(data, position, count):
+def read_varints(data, position, count):
+  """(`count` integers, the position after them); IndexError if truncated,
+  ValueError past 64 bits."""
   values = []
   for _ in range(count):
     value, shift = 0, 0
     while True:
+      if shift > 63:
+        raise ValueError('a varint longer than 64 bits')
       byte = data[position]
       position += 1
       value |= (byte & 0x7f) << shift

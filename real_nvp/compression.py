@@ -1,47 +1,54 @@
 """Lossless compression of uint8 images with a trained RealNVP: a file of about
 the model's bits/dim (bits-back coding of the dequantization, local bits-back
-coding through every layer; Ho, Lohn & Abbeel, NeurIPS 2019).
+coding through every layer; Ho, Lohn & Abbeel, NeurIPS 2019), on fixed-point
+grids that do not grow with depth (coding_steps.py), a batch at a time.
 
-For each image x, one at a time (so that every network sees the same batch
-of one on both sides and computes the same bits):
+For each batch of B images (every network runs once per batch and layer, the
+same batch on both sides, so both compute the same bits):
 
- 1. Dequantization, bits back: u ~ q(u|x) at grid 2^-k_u is *decoded* from
-    the stream. Uniform: k_u uniform bits per pixel. Variational: ε decoded
-    under N(0, I), then the dequantizer's flow tree walked ε -> v and the
-    sigmoid, in decoding mode (their steps encode their cell indices back).
+ 1. Dequantization, bits back: u = x + frac, frac on the grid 2^-k_u, is
+    *decoded* from the stack. Uniform: k_u uniform bits per pixel.
+    Variational: ε decoded under the prior, then the dequantizer's flow tree
+    walked ε -> v and its sigmoid v -> frac in decoding mode.
  2. The flow, local bits-back: u goes through the model's flow tree
-    (`model.flow`), each element-wise step refining the grid by
-    `layer_precision` bits and decoding its cell indices (coding_steps.py);
-    the squeeze and the factor-out only move values.
+    (`model.flow`): the logit preprocessing from the grid 2^-k_u to the
+    latent grid 2^-k, every coupling and batch norm as an integer scale
+    transform on that grid; the squeeze and the factor-out only move values.
  3. The prior: z under N(0, I) (`coding_steps.GaussianPrior`).
 
-The coder is a visitor of the flow trees (flow_tree.py): a run of layers
-codes its layers' maps (coding_maps.py), a factor-out splits, recurses and
-concatenates, an inverted node walks the other way; computing the grids is
-the same walk without values. Net cost per image: -log2 p(u) + log2 q(u|x)
-(the bound), up to O(2^-c) per step. The first image has nothing to take
-bits back from: its decoded values come from a seeded generator, and their
-information is the one-time `initial_bits`. The file: compressed_file.py.
-A wrong model is refused by its fingerprint; a truncated or damaged file
-fails to decode or to match the images' checksum: either way one
-CompressedFileError, never wrong images.
+The coder is a visitor of the flow trees (flow_tree.py). Net cost per image:
+-log2 p(u) + log2 q(u|x) (the bound), up to the losses coding_steps.py
+states. The chain's start: bits back needs bits to take back, so the first
+images are coded by a conventional lossless codec (WebP lossless,
+image_codec.py) and the stack starts from those bytes (HiLLoC, Townsend et
+al. 2020): enough images for the first batch of one, then batches that grow
+as the stack does, up to B. The decoder, having coded every batch back, is
+left with exactly those bytes. When the codec alone makes a smaller file,
+the file is the codec's. The file: compressed_file.py. A wrong model is
+refused by its fingerprint; a truncated or damaged file fails to decode or
+to match the images' checksum: either way one CompressedFileError, never
+wrong images.
 """
 
 import hashlib
+import math
+import time
 
 import numpy as np
 import tensorflow as tf
 
-from real_nvp import flow_tree, hardware, layer_run
+from real_nvp import flow_tree, hardware, image_codec, layer_run
 from real_nvp.ans_stream import StackExhausted, Stream
-from real_nvp.coding_maps import CodingError
-from real_nvp.coding_steps import GaussianPrior, SigmoidStep, decode_step, encode_step
+from real_nvp.coding_maps import AffineMap, CodingError
+from real_nvp.coding_steps import (GaussianPrior, SigmoidStep, decode_affine,
+                                   decode_monotone, encode_affine, encode_monotone)
 from real_nvp.compressed_file import (CompressedFileError, Header, Precisions,
                                       images_checksum, platform_fingerprint, read_header)
 
 __all__ = ['Compressor', 'Precisions', 'CompressedFileError', 'read_header']
 
-_CHAIN_SEED = 0  # of the generator behind the first image's decoded values
+_MARGIN = 1.15  # a batch is sized for this many times the bits per image measured
+_CODEC_CHECK_IMAGES = 1024  # up to here the codec-only file is always tried
 
 
 def _model_fingerprint(model):
@@ -59,71 +66,155 @@ def _platform():
           'device': 'GPU' if gpus else 'CPU'}
 
 
-class Compressor:
-  """Codes uint8 images [N, H, W, C] with `model` (a RealNVP) in inference mode."""
+def latent_precision(levels, dequantization):
+  """The default latent grid: the logit preprocessing maps a cell of 2^-k_u
+  pixel units onto at least 4 / L 2^(k - k_u) latent points (its slope is at
+  least 4 (1 - alpha) / L); k makes that >= 40, so its rounding loss stays
+  below 10^-4 bits per dimension (coding_steps.py)."""
+  return dequantization + math.ceil(math.log2(10. * levels))
 
-  def __init__(self, model, precisions=Precisions()):
+
+class Compressor:
+  """Codes uint8 images [N, H, W, C] with `model` (a RealNVP) in inference
+  mode, `batch_size` images per network call. `fallback`: the codec's own
+  file where it is smaller (False: always bits-back after the chain's start,
+  to measure the coder itself)."""
+
+  def __init__(self, model, precisions=Precisions(), batch_size=64, fallback=True):
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f'batch_size={batch_size!r}: must be a positive integer.')
     self.model = model
-    self.precisions = precisions
-    self._prior = GaussianPrior(precisions.prior_bins)
+    self.batch_size = batch_size
+    self.fallback = fallback
+    self._set_precisions(precisions)
     self._fingerprint = _model_fingerprint(model)
 
-  # --- the file: the chain of images ----------------------------------------------------
+  def _set_precisions(self, precisions):
+    if not precisions.latent:
+      latent = latent_precision(self.model.config.levels, precisions.dequantization)
+      precisions = Precisions(precisions.dequantization, min(latent, 40),
+                              precisions.prior_bins)
+    self.precisions = precisions
+    self._prior = GaussianPrior(precisions.prior_bins, precisions.latent)
+    self._noise_prior = GaussianPrior(precisions.prior_bins, precisions.latent, escape=False)
 
-  def encode(self, images):
+  # --- the file ---------------------------------------------------------------------------
+
+  def encode(self, images, progress=None):
     """uint8 images [N, H, W, C] -> (file bytes, information: num_images,
-    num_dims, file_bits, header_bits, initial_bits, chain_starts).
+    num_dims, file_bits, header_bits, start_images, start_bits (the codec's
+    bits of the chain's start), batch_size, batches).
 
-    An image that would take back more than the stack holds is coded again
-    as a start of the chain; the stack is copied before an image only while
-    it is short (below 4x the most any image has taken back), so the copies
-    do not grow with the data set."""
+    `progress(images_done, num_images)`, if given, is called after each batch."""
     images = self._check_images(images)
-    stream = Stream(encoding=True, seed=_CHAIN_SEED)
-    chain_starts, most_taken = [], 0
-    for index, image in enumerate(images):
-      before = stream.valid_bits()
-      snapshot = stream.snapshot() if before < 4 * most_taken + 1024 else None
-      stream.chain_start = index == 0
-      stream.low_water, drawn = before, stream.initial_bits
+    per_image = self._bits_per_image(images[:min(self.batch_size, len(images))])
+    start = self._start_images(images, per_image)
+    stream, batches = None, []
+    while stream is None and start < len(images):
+      start_bytes = image_codec.encode(images[:start])
       try:
-        self._encode_image(stream, image[None])
-      except StackExhausted:  # It takes back more than the images before it left.
-        if snapshot is None:
-          raise CodingError('An image took back far more bits than any before it.') \
-              from None
-        stream.restore(snapshot)
-        stream.chain_start = True
-        self._encode_image(stream, image[None])
-      most_taken = max(most_taken, before - stream.low_water,
-                       int(stream.initial_bits - drawn))  # (a start draws instead)
-      if stream.chain_start:
-        chain_starts.append(index)
+        stream, batches = self._encode_batches(images, start, start_bytes, per_image,
+                                               progress)
+      except StackExhausted:  # the first batches took more than measured
+        start = min(len(images), 2 * start)
+    if stream is None:
+      start_bytes, payload, batches = image_codec.encode(images), b'', ()
+    else:
+      payload = np.asarray(stream.words(), '<u4').tobytes()
+      if self.fallback and (len(images) <= _CODEC_CHECK_IMAGES or
+          len(payload) > 0.9 * len(start_bytes) * len(images) / start):
+        codec = image_codec.encode(images)
+        if len(codec) <= len(payload):
+          start, start_bytes, payload, batches = len(images), codec, b'', ()
+    if not batches:
+      start, payload = len(images), start_bytes
     header = Header(self.precisions, self._fingerprint, platform_fingerprint(_platform()),
-                    images.shape[0], images.shape[1:], images_checksum(images),
-                    tuple(chain_starts)).to_bytes()
-    data = header + np.asarray(stream.words(), '<u4').tobytes()
+                    len(images), images.shape[1:], self.batch_size, start,
+                    len(start_bytes), tuple(batches), images_checksum(images)).to_bytes()
+    data = header + payload
     return data, {'num_images': int(images.shape[0]),
                   'num_dims': int(np.prod(images.shape[1:])),
                   'file_bits': 8 * len(data), 'header_bits': 8 * len(header),
-                  'initial_bits': stream.initial_bits, 'chain_starts': len(chain_starts)}
+                  'start_images': start, 'start_bits': 8 * len(start_bytes),
+                  'batch_size': self.batch_size, 'batches': len(batches)}
 
-  def decode(self, data, allow_platform_mismatch=False):
+  def _bits_per_image(self, batch):
+    """The most bits an image of `batch` takes back before it gives any: a
+    batch coded on a stack of random bits, its lowest point measured."""
+    bits = batch.size * (self.precisions.latent + 64) + 4096
+    words = np.random.default_rng(0).integers(1, 2 ** 32, bits // 32, np.uint32)
+    stream = Stream(encoding=True, words=words)
+    before = stream.valid_bits()
+    self._encode_batch(stream, batch)
+    return (before - stream.low_water) / len(batch)
+
+  def _start_images(self, images, per_image):
+    """The fewest first images whose codec bytes hold what one image takes."""
+    count = 1
+    while count < len(images) and 8 * len(image_codec.encode(images[:count])) < (
+        _MARGIN * per_image + 64):
+      count = min(len(images), 2 * count)
+    low = count // 2 + 1 if count > 1 else 1
+    while low < count:  # the smallest that holds enough
+      middle = (low + count) // 2
+      if 8 * len(image_codec.encode(images[:middle])) >= _MARGIN * per_image + 64:
+        count = middle
+      else:
+        low = middle + 1
+    return count
+
+  def _encode_batches(self, images, start, start_bytes, per_image, progress):
+    """The bits-back batches after the chain's start; StackExhausted if even a
+    batch of one finds too few bits."""
+    stream = Stream(encoding=True, initial=start_bytes)
+    position, batches = start, []
+    while position < len(images):
+      size = int(min(self.batch_size, len(images) - position,
+                     max(1, stream.valid_bits() // (_MARGIN * per_image))))
+      ramping = stream.valid_bits() < 4 * _MARGIN * per_image * self.batch_size
+      saved = stream.clone() if ramping else None
+      before = stream.valid_bits()
+      stream.low_water = before
+      try:
+        self._encode_batch(stream, images[position:position + size])
+      except StackExhausted:
+        if saved is None:
+          raise CodingError('A batch took back far more bits than those before it.') \
+              from None
+        if size == 1:
+          raise
+        stream = saved
+        per_image *= 2
+        continue
+      per_image = max(per_image, (before - stream.low_water) / size)
+      batches.append(size)
+      position += size
+      if progress:
+        progress(position, len(images))
+    return stream, batches
+
+  def decode(self, data, allow_platform_mismatch=False, progress=None):
     """bytes -> uint8 images [N, H, W, C], checked against the header's checksum."""
     header, payload = read_header(data)
     self._check_header(header, allow_platform_mismatch)
-    stream = Stream(encoding=False, words=np.frombuffer(payload, '<u4').astype(np.uint32),
-                    seed=_CHAIN_SEED)
-    images = np.zeros((header.num_images,) + header.image_shape, np.uint8)
     try:
-      for index in reversed(range(header.num_images)):
-        stream.chain_start = index in header.chain_starts
-        images[index] = self._decode_image(stream, header.image_shape)[0]
-      complete = stream.is_empty()
+      if header.batches:
+        stream = Stream(encoding=False, words=np.frombuffer(payload, '<u4'))
+        parts, done = [], header.start_images
+        for size in reversed(header.batches):
+          parts.append(self._decode_batch(stream, size, header.image_shape))
+          done += size
+          if progress:
+            progress(done - header.start_images, header.num_images - header.start_images)
+        start_bytes = stream.remaining_bytes(header.start_bytes)
+      else:
+        parts, start_bytes = [], payload
+      start = image_codec.decode(start_bytes, header.start_images, header.image_shape)
+      images = np.concatenate([start] + parts[::-1])
     except (CodingError, ValueError, RuntimeError, OverflowError) as error:
       raise CompressedFileError(f'The file does not decode ({error}): it is damaged, '
                                 'or the computation differs from the encoder\'s.') from None
-    if not complete or images_checksum(images) != header.images_checksum:
+    if images_checksum(images) != header.images_checksum:
       raise CompressedFileError(
           'The decoded images do not match the file\'s checksum: the file is damaged '
           'or truncated, or the computation differs from the encoder\'s (TensorFlow '
@@ -158,92 +249,87 @@ class Compressor:
           'here and decoding would fail. Decode where it was encoded, or pass '
           '--allow_platform_mismatch to try.')
     if header.precisions != self.precisions:
-      self.precisions = header.precisions
-      self._prior = GaussianPrior(self.precisions.prior_bins)
+      self._set_precisions(header.precisions)
 
-  # --- one image ----------------------------------------------------------------------------
+  # --- one batch ------------------------------------------------------------------------------
 
-  def _encode_image(self, stream, image):
+  def _encode_batch(self, stream, batch):
     k_u = self.precisions.dequantization
-    pixels = np.asarray(image, np.int64).astype(object)
+    pixels = batch.astype(np.int64) << k_u
     if self.model.config.dequantization == 'uniform':
-      noise = stream.decode_uniform([2 ** k_u] * pixels.size)
-      u = (pixels << k_u) + _objects(noise, pixels.shape)
+      frac = stream.decode_uniform(np.full(batch.size, 1 << k_u)).reshape(batch.shape)
     else:
-      u = (pixels << k_u) + self._variational_fraction(stream, image)
-    z = self._walk(stream, self.model.flow, _Coded(u, _full(u.shape, k_u)), inverse=False)
-    self._prior.encode(stream, z.h, z.k)
+      frac = self._variational_fraction(stream, batch)
+    z = self._walk(stream, self.model.flow, _Coded(pixels + frac, k_u), encoding=True)
+    self._prior.encode(stream, z.h)
 
-  def _decode_image(self, stream, shape):
+  def _decode_batch(self, stream, size, shape):
     k_u = self.precisions.dequantization
-    k_z = self._grids(self.model.flow, _full((1,) + shape, k_u))
-    z = _Coded(self._prior.decode(stream, k_z), k_z)
-    u = self._walk(stream, self.model.flow, z, inverse=True).h
+    z = self._prior.decode(stream, (size,) + tuple(shape))
+    u = self._walk(stream, self.model.flow, _Coded(z, self.precisions.latent),
+                   encoding=False).h
     pixels = u >> k_u
-    image = np.asarray(pixels.astype(np.int64), np.uint8)
-    fraction = u - (pixels << k_u)
+    if pixels.min() < 0 or pixels.max() >= self.model.config.levels:
+      raise CodingError('a decoded pixel is out of range')
+    images = pixels.astype(np.uint8)
+    frac = u - (pixels << k_u)
     if self.model.config.dequantization == 'uniform':
-      stream.encode_uniform(list(fraction.ravel()), [2 ** k_u] * u.size)
+      stream.encode_uniform(frac.ravel(), np.full(frac.size, 1 << k_u))
     else:
-      self._give_back_variational(stream, image, fraction)
-    return image
+      self._give_back_variational(stream, images, frac)
+    return images
 
   # --- the variational dequantizer: ε <-> v (its flow tree) <-> frac (the sigmoid) ----------
 
-  def _variational_fraction(self, stream, image):
-    """frac = u - x ~ q at grid 2^-k_u, decoded from the stream (bits back):
-    ε under N(0, I), then ε -> v -> frac in decoding mode."""
-    tree, context = self._u_side(image)
-    k_eps = self._grids(tree, _full(image.shape, self.precisions.dequantization))
-    eps = _Coded(self._prior.decode(stream, k_eps), k_eps, context)
-    return self._walk(stream, tree, eps, inverse=True).h
+  def _variational_fraction(self, stream, batch):
+    """frac ~ q(.|x) on the grid 2^-k_u, decoded from the stream (bits back):
+    ε under the prior, then ε -> v -> frac in decoding mode."""
+    tree, context = self._u_side(batch)
+    eps = _Coded(self._noise_prior.decode(stream, batch.shape), self.precisions.latent,
+                 context)
+    return self._walk(stream, tree, eps, encoding=False).h
 
-  def _give_back_variational(self, stream, image, fraction):
+  def _give_back_variational(self, stream, images, frac):
     """Inverse of `_variational_fraction`: gives the noise's bits back."""
-    tree, context = self._u_side(image)
-    frac = _Coded(fraction, _full(fraction.shape, self.precisions.dequantization), context)
-    eps = self._walk(stream, tree, frac, inverse=False)
-    self._prior.encode(stream, eps.h, eps.k)
+    tree, context = self._u_side(images)
+    eps = self._walk(stream, tree, _Coded(frac, self.precisions.dequantization, context),
+                     encoding=True)
+    self._noise_prior.encode(stream, eps.h)
 
-  def _u_side(self, image):
+  def _u_side(self, images):
     """The dequantizer read from u's side: frac -> v = logit(frac) -> ε = g^-1(v)
-    (its flow tree inverted), and its context of the image."""
+    (its flow tree inverted), and its context of the images."""
     dequantizer = self.model.dequantizer
     tree = flow_tree.Chain([flow_tree.Steps([SigmoidStep()]),
                             flow_tree.Inverted(dequantizer.flow)])
-    return tree, dequantizer.context(tf.constant(image))
+    return tree, dequantizer.context(tf.constant(images))
 
-  # --- walks of a flow tree ---------------------------------------------------------------
-
-  def _walk(self, stream, tree, value, inverse):
-    """Codes `value` through `tree`; the grids refine away from the data
-    (the flow walked data -> latent, the dequantizer's u side walked u -> ε)."""
-    return tree.walk(_StepCoder(stream, self.precisions.layer, refine=not inverse),
-                     value, inverse)
-
-  def _grids(self, tree, k, inverse=False):
-    """The grid of every element after the tree (the coding walk without values)."""
-    return tree.walk(_GridWalk(self.precisions.layer), k, inverse)
+  def _walk(self, stream, tree, value, encoding):
+    """Codes `value` through `tree`: data -> latent with the encoding steps
+    (`encoding`), else latent -> data with the decoding ones."""
+    coder = _StepCoder(stream, self.precisions, encoding)
+    out = tree.walk(coder, value, inverse=not encoding)
+    if out.h.shape != value.h.shape:
+      raise CodingError('A flow tree changed the shape of what it codes.')
+    return out
 
 
 class _Coded:
-  """A coding walk's value: integers h on grids k (arrays of one shape), and
-  the context in h's layout (the variational dequantizer's; else None)."""
+  """A coding walk's value: int64 values h on the grid 2^-k, and the context
+  in h's layout (the variational dequantizer's; else None)."""
 
   def __init__(self, h, k, context=None):
     self.h, self.k, self.context = h, k, context
 
 
 class _StepCoder(flow_tree.Visitor):
-  """Codes each layer's map on `stream`. Where the walk refines the grids
-  (`refine`), a step is an encode step (its cell indices decoded: bits
-  back), else a decode step (indices encoded back); the step's map runs
-  from the side the walk comes from to the finer one, so a layer walked
-  against its own direction while refining (or along it while coarsening)
-  is coded by its inverted map."""
+  """Codes each layer's map on `stream`: the encoding steps where the walk
+  goes from the data side to the latent side (`encoding`), else the decoding
+  ones. A layer walked against its own direction while encoding (or along it
+  while decoding; an inverted node) is coded by its inverted map."""
 
-  def __init__(self, stream, precision, refine):
-    self.stream, self.precision, self.refine = stream, precision, refine
+  def __init__(self, stream, precisions, encoding):
+    self.stream, self.precisions, self.encoding = stream, precisions, encoding
 
   def steps(self, node, value, inverse):
     for layer in (reversed(node.layers) if inverse else node.layers):
@@ -255,80 +341,53 @@ class _StepCoder(flow_tree.Visitor):
     permutation = layer.permutation()
     if permutation is not None:
       move = permutation.inverse_fn if inverse else permutation.forward
-      return _Coded(move(value.h), move(value.k), context)
-    invert = inverse == self.refine
-    k = _uniform_grid(value.k)
-    flat = list(value.h.ravel())
-    if self.refine:
-      k_out = k + self.precision
-      step_map = _oriented(layer.coding_map(_floats(value.h, k), value.context), invert)
-      out = encode_step(self.stream, step_map, flat, k, k_out)
-    else:
-      k_out = k - self.precision
-      kept = np.zeros(value.h.shape, object)
-      conditioning = layer.coding_conditioning(value.h.shape[1:])
-      if conditioning is not None:  # the identity there: x = floor(y 2^-c)
-        kept[:, conditioning] = value.h[:, conditioning] >> self.precision
-      step_map = _oriented(layer.coding_map(_floats(kept, k_out), value.context), invert)
-      out = decode_step(self.stream, step_map, flat, k_out, k)
-    return _Coded(_objects(out, value.h.shape), _full(value.h.shape, k_out), context)
+      return _Coded(move(value.h), value.k, context)
+    kept = np.zeros_like(value.h)
+    conditioning = layer.coding_conditioning(value.h.shape[1:])
+    if conditioning is not None:  # what the map is computed from, known to both sides
+      kept[:, conditioning] = value.h[:, conditioning]
+    step_map = layer.coding_map(_floats(kept, value.k), value.context)
+    latent = self.precisions.latent
+    if isinstance(step_map, AffineMap):
+      if inverse == self.encoding:
+        step_map = step_map.inverse()
+      code = encode_affine if self.encoding else decode_affine
+      return _Coded(code(self.stream, step_map, value.h, value.k), value.k, context)
+    if inverse == self.encoding:
+      raise CodingError(f'{type(layer).__name__} cannot be coded inverted.')
+    data = self.precisions.dequantization
+    if self.encoding:
+      return _Coded(encode_monotone(self.stream, step_map, value.h, data, latent),
+                    latent, context)
+    return _Coded(decode_monotone(self.stream, step_map, value.h, data, latent),
+                  data, context)
 
   def split(self, value):
-    (h_out, h_rest), (k_out, k_rest) = (np.split(value.h, 2, axis=-1),
-                                        np.split(value.k, 2, axis=-1))
-    return _Coded(h_out, k_out), _Coded(h_rest, k_rest, value.context)
+    factored, rest = np.split(value.h, 2, axis=-1)
+    return _Coded(factored, value.k), _Coded(rest, value.k, value.context)
 
   def merge(self, value, factored, rest):
-    return _Coded(np.concatenate([factored.h, rest.h], -1),
-                  np.concatenate([factored.k, rest.k], -1), value.context)
-
-
-class _GridWalk(flow_tree.Visitor):
-  """The grids alone: each element-wise step refines by `precision` bits
-  (in either direction of the walk), a permutation moves them."""
-
-  def __init__(self, precision):
-    self.precision = precision
-
-  def steps(self, node, k, inverse):
-    for layer in (reversed(node.layers) if inverse else node.layers):
-      permutation = layer.permutation()
-      if permutation is None:
-        k = k + self.precision
-      else:
-        k = permutation.inverse_fn(k) if inverse else permutation.forward(k)
-    return k
-
-  def split(self, k):
-    return tuple(np.split(k, 2, axis=-1))
-
-  def merge(self, k, factored, rest):
-    return np.concatenate([factored, rest], -1)
-
-
-def _oriented(step_map, invert):
-  return step_map.inverse() if invert else step_map
-
-
-def _uniform_grid(k):
-  grids = np.unique(k)
-  if grids.size != 1:
-    raise CodingError('A coding step received elements on different grids.')
-  return int(grids[0])
-
-
-def _full(shape, k):
-  return np.full(shape, k, np.int64)
-
-
-def _objects(values, shape):
-  out = np.empty(len(values), object)
-  out[:] = values
-  return out.reshape(shape)
+    return _Coded(np.concatenate([factored.h, rest.h], -1), factored.k, value.context)
 
 
 def _floats(x, k):
   """Grid integers -> float32 tensor of their values (correctly rounded)."""
-  scale = 1 << k
-  return tf.constant(np.array([v / scale for v in x.ravel()], np.float64)
-                     .reshape(x.shape).astype(np.float32))
+  return tf.constant((x.astype(np.float64) * 2. ** -k).astype(np.float32))
+
+
+def progress_printer(label, stream):
+  """A `progress` callback that prints images done, img/s and the ETA to
+  `stream` at most every 5 seconds (the last batch always)."""
+  began, last = time.time(), [0.]
+
+  def report(done, total):
+    now = time.time()
+    if now - last[0] < 5. and done < total:
+      return
+    last[0] = now
+    rate = done / max(now - began, 1e-9)
+    eta = (total - done) / rate if rate else float('inf')
+    print(f'{label}: {done}/{total} images, {rate:.1f} img/s, ETA {eta:.0f} s',
+          file=stream, flush=True)
+
+  return report
