@@ -1,22 +1,28 @@
-"""Real files from trained models: their size in bits/dim beside the model's
-bound, the importance-weighted estimate, PNG and lossless WebP.
+"""Real files from trained models at N = 1, 10, 100 and the whole held-out
+split: their size beside the model's bound and the conventional codecs, and
+the coder's speed beside the model's own scoring rate.
 
+    pip install -r bench/requirements.txt   # JPEG-XL (imagecodecs)
     python bench/compression.py --model_dirs=runs/digits,runs/digits_variational
 
 For each model directory (its --checkpoint, best by default, and its own
-held-out split): `python -m real_nvp.compress encode` then `decode` (checked
-equal to the split's images), `eval.py --dequant_samples=K` for the bound
-and the IW estimate, and Pillow's PNG (optimize=True) and lossless WebP
-(method 6) of the same images, each image alone and all in one mosaic
-(a near-square grid). Prints a table, then one JSON line with the CPU.
+held-out split) and each N (the first N images): `Compressor` encode and
+decode at --batch_size (checked equal), the bound on the same images (the
+mean over --draws single draws, K = 1) and the importance-weighted estimate
+(K = --dequant_samples), the model's scoring rate at the same batch
+(`bits_per_dim_estimates`, K = 1, traced once), and PNG (Pillow,
+optimize=True), WebP lossless (Pillow, method 6) and JPEG-XL lossless
+(imagecodecs, effort 7) of the same images, each image alone and all in
+one mosaic (a near-square grid). Prints a table, then one JSON line with
+the CPU.
 """
 
 import io
 import json
 import math
 import os
-import subprocess
 import sys
+import time
 
 import numpy as np
 from absl import app, flags
@@ -25,88 +31,140 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from real_nvp import hardware  # noqa: E402
+from real_nvp import best_checkpoint, checkpoints, cli_flags, hardware  # noqa: E402
+from real_nvp.compression import Compressor  # noqa: E402
 
 flags.DEFINE_list('model_dirs', ['runs/digits'], 'Trained runs to measure.')
 flags.DEFINE_string('checkpoint', 'best', 'Which checkpoint of each run.')
+flags.DEFINE_list('counts', ['1', '10', '100', '0'], 'N; 0: the whole split.')
+flags.DEFINE_integer('coder_batch_size', 64, 'Images per network call.')
+flags.DEFINE_integer('draws', 16, 'Single draws averaged for the bound (K = 1).')
 flags.DEFINE_integer('dequant_samples', 16, 'K of the importance-weighted estimate.')
-flags.DEFINE_string('out_dir', 'runs/compression_bench', 'Where the files go.')
 FLAGS = flags.FLAGS
 
 
-def _run(*args):
-  result = subprocess.run([sys.executable, *args], cwd=ROOT, check=True, text=True,
-                          capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-  return json.loads(result.stdout.strip().splitlines()[-1])
+def _mosaic(images):
+  count, h, w, c = images.shape
+  columns = math.ceil(math.sqrt(count))
+  rows = math.ceil(count / columns)
+  mosaic = np.zeros((rows * h, columns * w, c), np.uint8)
+  for index, image in enumerate(images):
+    r, col = divmod(index, columns)
+    mosaic[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
+  return mosaic
 
 
-def _image_bits(images, fmt, **options):
+def _pillow(fmt, **options):
   def size(array):
     buffer = io.BytesIO()
     Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(
         buffer, fmt, **options)
     return 8 * buffer.tell()
+  return size
 
-  count = len(images)
-  columns = math.ceil(math.sqrt(count))
-  rows = math.ceil(count / columns)
-  mosaic = np.zeros((rows * images.shape[1], columns * images.shape[2], images.shape[3]),
-                    np.uint8)
-  for index, image in enumerate(images):
-    r, c = divmod(index, columns)
-    mosaic[r * images.shape[1]:(r + 1) * images.shape[1],
-           c * images.shape[2]:(c + 1) * images.shape[2]] = image
-  dims = images.size
-  return sum(size(image) for image in images) / dims, size(mosaic) / dims
+
+def _jpeg_xl(array):
+  import imagecodecs  # pylint: disable=g-import-not-at-top
+  return 8 * len(imagecodecs.jpegxl_encode(array[..., 0] if array.shape[-1] == 1 else array,
+                                            lossless=True, effort=7))
+
+
+CODECS = {'png': _pillow('PNG', optimize=True),
+          'webp': _pillow('WEBP', lossless=True, quality=100, method=6),
+          'jxl': _jpeg_xl}
+
+
+def _codec_bits_per_dim(images):
+  out = {}
+  for name, size in CODECS.items():
+    try:
+      out[f'{name}_each'] = sum(size(image) for image in images) / images.size
+      out[f'{name}_mosaic'] = size(_mosaic(images)) / images.size
+    except ImportError:  # imagecodecs not installed
+      out[f'{name}_each'] = out[f'{name}_mosaic'] = float('nan')
+  return out
+
+
+def _bounds(model, images, batch):
+  """(mean of FLAGS.draws single-draw bounds, IW with K samples), bits/dim."""
+  def mean_over(fn):
+    return float(np.mean(np.concatenate([fn(images[b:b + batch], b)
+                                         for b in range(0, len(images), batch)])))
+  single = np.mean([mean_over(lambda x, b, s=s: model.bits_per_dim_estimates(
+      x, seed=(s, b))['bits_per_dim'].numpy()) for s in range(FLAGS.draws)])
+  iw = mean_over(lambda x, b: model.bits_per_dim_estimates(
+      x, seed=(99, b), num_samples=FLAGS.dequant_samples)['bits_per_dim'].numpy())
+  return float(single), iw
+
+
+def _scoring_rate(model, images, batch):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  score = tf.function(lambda x: model.bits_per_dim_estimates(x, seed=(0, 0)))
+  chunks = [images[b:b + batch] for b in range(0, len(images), batch)]
+  for chunk in chunks[:2]:
+    score(chunk)  # trace (and the last, shorter batch)
+  score(chunks[-1])
+  start = time.perf_counter()
+  for chunk in chunks:
+    score(chunk)['bits_per_dim'].numpy()
+  return len(images) / (time.perf_counter() - start)
+
+
+def _measure(model_dir):
+  model, step, _ = checkpoints.restore_model(
+      model_dir, best_checkpoint.resolve_checkpoint(model_dir, FLAGS.checkpoint))
+  source = cli_flags.run_data_source(model_dir)
+  split = np.asarray(source.eval.images)
+  batch = FLAGS.coder_batch_size
+  rows = []
+  for count in (int(c) or len(split) for c in FLAGS.counts):
+    images = split[:count]
+    compressor = Compressor(model, batch_size=batch)
+    start = time.perf_counter()
+    blob, info = compressor.encode(images)
+    encode_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    decoded = Compressor(model).decode(blob)
+    decode_seconds = time.perf_counter() - start
+    if not np.array_equal(decoded, images):
+      raise AssertionError(f'{model_dir}: N={count} did not decode to the same images')
+    bound, iw = _bounds(model, images, batch)
+    start_bound, _ = (_bounds(model, images[:info['start_images']], batch)
+                      if info['start_images'] < count else (bound, None))
+    dims = images.size
+    initial = info['start_bits'] - start_bound * images[:info['start_images']].size
+    rows.append({
+        'run': os.path.basename(os.path.normpath(model_dir)), 'step': step,
+        'dequantization': model.config.dequantization, 'shape': list(images.shape[1:]),
+        'levels': model.config.levels, 'images': count, 'batch_size': batch,
+        'bound': bound, 'iw': iw, 'file': info['file_bits'] / dims,
+        'net': (info['file_bits'] - initial) / dims, 'initial_bits': initial,
+        'start_images': info['start_images'], 'header_bits': info['header_bits'],
+        'encode_images_per_sec': count / encode_seconds,
+        'decode_images_per_sec': count / decode_seconds,
+        'scoring_images_per_sec': _scoring_rate(model, images, batch),
+        **_codec_bits_per_dim(images)})
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
 
 
 def main(argv):
   del argv
-  os.makedirs(FLAGS.out_dir, exist_ok=True)
-  rows = []
-  for model_dir in FLAGS.model_dirs:
-    name = os.path.basename(os.path.normpath(model_dir))
-    compressed = os.path.join(FLAGS.out_dir, f'{name}.rnvz')
-    decoded = os.path.join(FLAGS.out_dir, f'{name}.npz')
-    common = [f'--model_dir={model_dir}', f'--checkpoint={FLAGS.checkpoint}']
-    encode = _run('-m', 'real_nvp.compress', 'encode', *common, f'--output={compressed}')
-    decode = _run('-m', 'real_nvp.compress', 'decode', *common, f'--input={compressed}',
-                  f'--output={decoded}')
-    subprocess.run([sys.executable, 'eval.py', *common, '--nofigures',
-                    f'--dequant_samples={FLAGS.dequant_samples}'], cwd=ROOT, check=True,
-                   capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-    with open(os.path.join(model_dir, 'eval_results.json')) as f:
-      evaluation = json.load(f)
-    images = np.load(decoded)['images']
-    png_each, png_mosaic = _image_bits(images, 'PNG', optimize=True)
-    webp_each, webp_mosaic = _image_bits(images, 'WEBP', lossless=True, quality=100,
-                                         method=6)
-    rows.append({
-        'run': name, 'dequantization': encode['dequantization'],
-        'images': encode['num_images'], 'dims': encode['num_dims'],
-        'bound': evaluation['bits_per_dim'], 'bound_std_error': evaluation['std_error'],
-        'iw': evaluation['bits_per_dim_iw'], 'iw_std_error': evaluation['std_error_iw'],
-        'model_bits_per_dim_same_images': encode['model_bits_per_dim'],
-        'file': encode['bits_per_dim_file'], 'net': encode['bits_per_dim_net'],
-        'net_over_bound': encode['bits_per_dim_net'] / encode['model_bits_per_dim'],
-        'initial_bits': encode['initial_bits'], 'header_bits': encode['header_bits'],
-        'encode_images_per_sec': encode['encode_images_per_sec'],
-        'decode_images_per_sec': decode['decode_images_per_sec'],
-        'png_each': png_each, 'png_mosaic': png_mosaic,
-        'webp_each': webp_each, 'webp_mosaic': webp_mosaic,
-        'checkpoint_step': encode['checkpoint_step']})
-  header = ('run', 'deq', 'bound', f'IW K={FLAGS.dequant_samples}', 'file', 'net',
-            'net/bound', 'init bits', 'enc img/s', 'dec img/s', 'PNG each/mosaic',
-            'WebP each/mosaic')
-  print(' | '.join(header))
+  rows = [row for model_dir in FLAGS.model_dirs for row in _measure(model_dir)]
+  print('| run | deq | N | bound K=1 | IW K=16 | file (all-in) | net | file / bound | '
+        'start imgs | enc / dec / score img/s | PNG each / mosaic | WebP each / mosaic | '
+        'JPEG-XL each / mosaic |')
+  print('|' + '---|' * 13)
   for r in rows:
-    print(f"{r['run']} | {r['dequantization']} | {r['bound']:.4f} ± {r['bound_std_error']:.4f} | "
-          f"{r['iw']:.4f} | {r['file']:.4f} | {r['net']:.4f} | {r['net_over_bound']:.4f} | "
-          f"{r['initial_bits']:.0f} | {r['encode_images_per_sec']:.1f} | "
-          f"{r['decode_images_per_sec']:.1f} | {r['png_each']:.3f} / {r['png_mosaic']:.3f} | "
-          f"{r['webp_each']:.3f} / {r['webp_mosaic']:.3f}")
+    print(f"| {r['run']} | {r['dequantization']} | {r['images']} | {r['bound']:.4f} | "
+          f"{r['iw']:.4f} | {r['file']:.4f} | {r['net']:.4f} | {r['file'] / r['bound']:.4f} | "
+          f"{r['start_images']} | {r['encode_images_per_sec']:.0f} / "
+          f"{r['decode_images_per_sec']:.0f} / {r['scoring_images_per_sec']:.0f} | "
+          f"{r['png_each']:.3f} / {r['png_mosaic']:.3f} | {r['webp_each']:.3f} / "
+          f"{r['webp_mosaic']:.3f} | {r['jxl_each']:.3f} / {r['jxl_mosaic']:.3f} |")
   print(json.dumps({**hardware.cpu_info().to_json(), 'rows': rows}))
 
 
 if __name__ == '__main__':
+  cli_flags.define_flags()
   app.run(main)

@@ -126,9 +126,9 @@ class FlowBatchNorm(FlowLayer):
     log_var = tf.math.log(variance + self.epsilon)
     return y * tf.exp(0.5 * log_var) + mean, self._log_det(y, log_var, 1.)
 
-  def coding_map(self, x, context=None):
+  def coding_map(self, x, context=None, tensors=None):
     """y = (x - mean) / sqrt(var + eps) with the moving averages, per channel."""
-    del context
+    del context, tensors
     mean = self.moving_mean.numpy().astype(np.float64)
     scale = np.exp(-0.5 * np.log(self.moving_variance.numpy().astype(np.float64) +
                                  self.epsilon))

@@ -211,8 +211,12 @@ class SigmoidStep:
   def decoded_context(self, context):
     return context
 
-  def coding_map(self, x, context=None):
+  def coding_tensors(self, x, context=None):
     del x, context
+    return ()
+
+  def coding_map(self, x, context=None, tensors=None):
+    del x, context, tensors
     return MonotoneMap(
         lambda f: np.log(f) - np.log1p(-f), lambda v: 1. / (1. + np.exp(-v)),
         0., 1., -_SIGMOID_RANGE, _SIGMOID_RANGE)

@@ -88,6 +88,7 @@ class Compressor:
     self.fallback = fallback
     self._set_precisions(precisions)
     self._fingerprint = _model_fingerprint(model)
+    self._graphs = {}
 
   def _set_precisions(self, precisions):
     if not precisions.latent:
@@ -307,11 +308,23 @@ class Compressor:
   def _walk(self, stream, tree, value, encoding):
     """Codes `value` through `tree`: data -> latent with the encoding steps
     (`encoding`), else latent -> data with the decoding ones."""
-    coder = _StepCoder(stream, self.precisions, encoding)
+    coder = _StepCoder(stream, self.precisions, encoding, self._traced)
     out = tree.walk(coder, value, inverse=not encoding)
     if out.h.shape != value.h.shape:
       raise CodingError('A flow tree changed the shape of what it codes.')
     return out
+
+
+  def _traced(self, layer, x, context):
+    """layer.coding_tensors(x, context) as one graph per layer, traced once for
+    any batch size, so that every batch on both sides runs the same kernels."""
+    if layer not in self._graphs:
+      spec = [tf.TensorSpec([None] + x.shape[1:], x.dtype)]
+      if context is not None:
+        spec.append(tf.TensorSpec([None] + context.shape[1:], context.dtype))
+      function = tf.function(lambda *inputs: layer.coding_tensors(*inputs))
+      self._graphs[layer] = function.get_concrete_function(*spec)
+    return self._graphs[layer](*([x] if context is None else [x, context]))
 
 
 class _Coded:
@@ -328,8 +341,9 @@ class _StepCoder(flow_tree.Visitor):
   ones. A layer walked against its own direction while encoding (or along it
   while decoding; an inverted node) is coded by its inverted map."""
 
-  def __init__(self, stream, precisions, encoding):
+  def __init__(self, stream, precisions, encoding, traced):
     self.stream, self.precisions, self.encoding = stream, precisions, encoding
+    self.traced = traced
 
   def steps(self, node, value, inverse):
     for layer in (reversed(node.layers) if inverse else node.layers):
@@ -346,7 +360,8 @@ class _StepCoder(flow_tree.Visitor):
     conditioning = layer.coding_conditioning(value.h.shape[1:])
     if conditioning is not None:  # what the map is computed from, known to both sides
       kept[:, conditioning] = value.h[:, conditioning]
-    step_map = layer.coding_map(_floats(kept, value.k), value.context)
+    x = _floats(kept, value.k)
+    step_map = layer.coding_map(x, value.context, self.traced(layer, x, value.context))
     latent = self.precisions.latent
     if isinstance(step_map, AffineMap):
       if inverse == self.encoding:

@@ -103,15 +103,19 @@ class Coupling(FlowLayer):
   def coding_conditioning(self, event_shape):
     return self.partition.kept_mask(event_shape)
 
-  def coding_map(self, x, context=None):
-    """y_b = x_b exp(s) + t as an exact element-wise map (inference mode);
-    the identity on the kept dimensions, from which s and t are computed."""
+  def coding_tensors(self, x, context=None):
+    """(s, t) [B, H, W, C] in inference mode, zero on the kept dimensions."""
     raw = self._params(x, context, training=False)
     log_scale, shift = self.transform.affine_parameters(raw)
     zeros = tf.zeros_like(x)
-    log_scale, shift = (self.partition.merge(zeros, log_scale).numpy(),
-                        self.partition.merge(zeros, shift).numpy())
-    return AffineMap(np.exp(log_scale.astype(np.float64)), shift.astype(np.float64),
+    return self.partition.merge(zeros, log_scale), self.partition.merge(zeros, shift)
+
+  def coding_map(self, x, context=None, tensors=None):
+    """y_b = x_b exp(s) + t as an element-wise map (inference mode); the
+    identity on the kept dimensions, from which s and t are computed."""
+    log_scale, shift = tensors if tensors is not None else self.coding_tensors(x, context)
+    return AffineMap(np.exp(np.asarray(log_scale, np.float64)),
+                     np.asarray(shift, np.float64),
                      conditioning=self.partition.kept_mask(x.shape[1:]))
 
   def regularized_weights(self):

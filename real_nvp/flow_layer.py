@@ -90,12 +90,20 @@ class FlowLayer(keras.layers.Layer):
     the identity); None when the map depends on none."""
     del event_shape
 
-  def coding_map(self, x, context=None):
+  def coding_tensors(self, x, context=None):
+    """What `coding_map` computes with TensorFlow, a tuple of tensors: traceable,
+    so that the coder runs it as one graph per layer, the same on both sides.
+    None by default."""
+    del x, context
+    return ()
+
+  def coding_map(self, x, context=None, tensors=None):
     """How lossless coding (coding_maps.py, compression.py) moves each value from
     the data side to the latent side, in inference mode: an `AffineMap` or
     `MonotoneMap` (element-wise given what the layer conditions on, named by
-    the map's `conditioning` mask) or a `Permutation`. `x`: the data side
-    [B, H, W, C] as float, exact on the kept dimensions at least."""
+    the map's `conditioning` mask). `x`: the data side [B, H, W, C] as float,
+    exact on the kept dimensions at least; `tensors`: `coding_tensors(x,
+    context)` if already computed."""
     raise TypeError(f'{type(self).__name__} ({self.name}) defines no coding_map, '
                     'so a model that holds it cannot compress images.')
 

@@ -64,11 +64,11 @@ class LogitPreprocess(FlowLayer):
     log_det = log_p + log_1mp - self._log_det_offset
     return u, tf.reduce_sum(log_det, axis=[1, 2, 3])
 
-  def coding_map(self, u, context=None):
+  def coding_map(self, u, context=None, tensors=None):
     """w = logit(alpha + (1 - alpha) u / L) on [0, L), in float64. w is
     infinite at u = L: the latent side is cut at logit(1 - 2^-40), far
     beyond any cell below L at the grids coding uses."""
-    del u, context
+    del u, context, tensors
     alpha, levels = self.alpha, self.levels
 
     def forward(u):

@@ -43,10 +43,6 @@ class Squeeze(FlowLayer):
     """The squeeze moves values only: space_to_depth of numpy [B, H, W, C]."""
     return Permutation(space_to_depth, depth_to_space)
 
-  def coding_map(self, x, context=None):
-    del x, context
-    return self.permutation()
-
   def encoded_shape(self, data_shape):
     height, width, channels = data_shape
     return [_div(height, 2), _div(width, 2), _mul(channels, 4)]

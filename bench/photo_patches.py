@@ -1,0 +1,70 @@
+"""32x32 patches of the photographs scikit-image ships, as npz:PATH data sets
+(uint8 `train` and `test`), held out by photograph, for the compression
+benchmark's gray and colour models.
+
+    pip install scikit-image==0.26.0
+    python bench/photo_patches.py --out_dir=runs/data
+
+Colour: trains on astronaut, coffee, hubble_deep_field, immunohistochemistry,
+retina and colorwheel; tests on chelsea and rocket. Gray: trains on camera,
+coins, moon, page, text, brick, grass, gravel and the gray of the colour
+training photographs; tests on clock and the gray of chelsea and rocket.
+Patches every 16 pixels (they overlap by half).
+"""
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+# scikit-image's readers try `import compression` (a standard module from
+# Python 3.14); bench/compression.py must not answer it.
+sys.path = [p for p in sys.path if os.path.abspath(p or '.') != os.path.dirname(
+    os.path.abspath(__file__))]
+
+flags.DEFINE_string('out_dir', 'runs/data', 'Where the two npz files go.')
+flags.DEFINE_integer('size', 32, 'Side of a patch.')
+flags.DEFINE_integer('stride', 16, 'Pixels between patches.')
+FLAGS = flags.FLAGS
+
+COLOUR_TRAIN = ('astronaut', 'coffee', 'hubble_deep_field', 'immunohistochemistry',
+                'retina', 'colorwheel')
+COLOUR_TEST = ('chelsea', 'rocket')
+GRAY_TRAIN = ('camera', 'coins', 'moon', 'page', 'text', 'brick', 'grass', 'gravel')
+GRAY_TEST = ('clock',)
+
+
+def _photo(name, gray):
+  from skimage import color, data  # pylint: disable=g-import-not-at-top
+  image = getattr(data, name)()
+  if image.ndim == 3 and gray:
+    image = (color.rgb2gray(image[..., :3]) * 255. + 0.5).astype(np.uint8)
+  return image[..., None] if image.ndim == 2 else image[..., :3]
+
+
+def _patches(image):
+  size, stride = FLAGS.size, FLAGS.stride
+  return [image[r:r + size, c:c + size]
+          for r in range(0, image.shape[0] - size + 1, stride)
+          for c in range(0, image.shape[1] - size + 1, stride)]
+
+
+def _split(names, gray):
+  return np.stack([p for name in names for p in _patches(_photo(name, gray))])
+
+
+def main(argv):
+  del argv
+  os.makedirs(FLAGS.out_dir, exist_ok=True)
+  sets = {'photos_rgb32': (COLOUR_TRAIN, COLOUR_TEST, False),
+          'photos_gray32': (GRAY_TRAIN + COLOUR_TRAIN, GRAY_TEST + COLOUR_TEST, True)}
+  for name, (train, test, gray) in sets.items():
+    path = os.path.join(FLAGS.out_dir, f'{name}.npz')
+    arrays = {'train': _split(train, gray), 'test': _split(test, gray)}
+    np.savez(path, **arrays)
+    print(path, {k: v.shape for k, v in arrays.items()})
+
+
+if __name__ == '__main__':
+  app.run(main)
