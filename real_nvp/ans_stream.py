@@ -122,7 +122,10 @@ class Stream:
   def remaining_bytes(self, length):
     """Decoder, at the end: the `length` initial bytes the encoder started
     from (ValueError if the stack does not hold exactly them)."""
-    words = self._ans.get_compressed(unseal=True)
+    try:
+      words = self._ans.get_compressed(unseal=True)
+    except AssertionError:  # constriction's word for "not a sealed start"
+      raise ValueError('the stream does not end in the chain\'s start') from None
     data = np.asarray(words, '<u4').tobytes()
     if len(data) != -(-length // 4) * 4 or any(data[length:]):
       raise ValueError('the stream does not end in the chain\'s start')

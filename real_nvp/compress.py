@@ -83,7 +83,15 @@ def _bound_bits(model, images, batch_size, seed):
 def _encode(flags_, model_dir, model, step, path):
   storage.check_writable(flags_.output)
   source = cli_flags.run_data_source(model_dir, flags_.split)
+  if source.levels != model.config.levels:
+    raise ValueError(f'{source.name} has {source.levels} levels, this model '
+                     f'{model.config.levels}: its bits would not be these images\' bits. '
+                     'Code a data set of the model\'s levels.')
   images = _split_images(source, flags_.num_images)
+  if flags_.num_images > len(images):
+    print(f'Note: --num_images={flags_.num_images}, but {source.name} '
+          f'{source.eval_split_name} holds {len(images)}; coding all {len(images)}.',
+          file=sys.stderr)
   compressor = Compressor(model, _precisions(flags_), batch_size=flags_.batch_size)
   start = time.time()
   blob, info = compressor.encode(images, progress_printer('encode', sys.stderr))
@@ -109,6 +117,8 @@ def _decode(flags_, model):
   if not flags_.input or not os.path.isfile(flags_.input):
     raise FileNotFoundError(f'--input={flags_.input}: no such file.')
   as_npz = flags_.output.endswith('.npz')
+  if not as_npz:
+    _check_png_folder(flags_.output)
   storage.check_writable(flags_.output, is_directory=not as_npz)
   with open(flags_.input, 'rb') as f:
     blob = f.read()
@@ -124,6 +134,18 @@ def _decode(flags_, model):
                     'decode_images_per_sec': len(images) / seconds}))
 
 
+def _check_png_folder(folder):
+  """A --output that does not end in .npz is a folder of PNGs: it must be new
+  or empty, so that no earlier image is taken for a decoded one."""
+  if os.path.isfile(folder):
+    raise FileExistsError(f'--output={folder} does not end in .npz, so it is taken as a '
+                          'folder for PNGs, and a file of that name exists. Use '
+                          '--output=NAME.npz, or a new folder.')
+  if os.path.isdir(folder) and os.listdir(folder):
+    raise FileExistsError(f'--output={folder} already holds files; decode into a new or '
+                          'empty folder (nothing was written).')
+
+
 def _npz_bytes(images):
   import io  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()
@@ -132,12 +154,15 @@ def _npz_bytes(images):
 
 
 def _write_pngs(images, folder):
+  import io  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   os.makedirs(folder, exist_ok=True)
   width = max(5, len(str(len(images) - 1)))
   for index, image in enumerate(images):
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
-        os.path.join(folder, f'{index:0{width}d}.png'))
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, 'PNG')
+    storage.write_bytes_atomically(os.path.join(folder, f'{index:0{width}d}.png'),
+                                   buffer.getvalue())
 
 
 def main(argv):
@@ -158,7 +183,8 @@ def main(argv):
       _encode(flags_, model_dir, model, step, path)
     else:
       _decode(flags_, model)
-  except (CompressedFileError, data.DataError, FileNotFoundError, ValueError) as error:
+  except (CompressedFileError, data.DataError, FileNotFoundError, FileExistsError,
+          ValueError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')
   except storage.STORAGE_ERRORS as error:

@@ -327,3 +327,44 @@ def test_the_command_encodes_and_decodes_in_new_processes(tmp_path):
   assert refused.returncode != 0 and 'Traceback' not in refused.stderr
   assert 'another model' in refused.stderr
   assert model_dir_layout.has_checkpoint(str(other))
+
+
+def test_random_damage_to_a_file_ends_in_one_error_or_the_same_images(models):
+  """Fuzz: random byte edits, cuts and appended bytes anywhere, and headers
+  claiming up to 2^64 images: each decode is CompressedFileError, or (an
+  edit the coder cannot see, such as a checksum-neutral one) the images."""
+  images = data.load_dataset('digits').eval.images[:10]
+  blob, _ = Compressor(models['uniform'], batch_size=4, fallback=False).encode(images)
+  header, payload = compressed_file.read_header(blob)
+  rng = np.random.default_rng(0)
+  own = Compressor(models['uniform'])
+  files = []
+  for _ in range(60):
+    damaged = bytearray(blob)
+    for position in rng.integers(0, len(blob), rng.integers(1, 4)):
+      damaged[position] = rng.integers(0, 256)
+    files.append(bytes(damaged))
+    files.append(blob[:rng.integers(0, len(blob))])
+    files.append(blob + rng.bytes(int(rng.integers(1, 9))))
+  for count in (2 ** 32, 2 ** 63, 2 ** 64 - 1):
+    files.append(compressed_file.Header(**{**header.__dict__, 'num_images': count})
+                 .to_bytes() + payload)
+  for damaged in files:
+    try:
+      back = own.decode(damaged)
+    except CompressedFileError as error:
+      assert '\n' not in str(error)
+    else:
+      np.testing.assert_array_equal(back, images)
+
+
+def test_decoding_into_a_folder_refuses_one_that_holds_files(tmp_path):
+  from real_nvp import compress  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'old').mkdir()
+  (tmp_path / 'old' / '00003.png').write_bytes(b'x')
+  with pytest.raises(FileExistsError, match='already holds files'):
+    compress._check_png_folder(str(tmp_path / 'old'))
+  (tmp_path / 'held.rnvz').write_bytes(b'RZ')
+  with pytest.raises(FileExistsError, match='taken as a folder'):
+    compress._check_png_folder(str(tmp_path / 'held.rnvz'))
+  compress._check_png_folder(str(tmp_path / 'new'))  # a new folder is fine
