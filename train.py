@@ -37,14 +37,17 @@ def main(argv):
     chief = distribute.is_chief(strategy)
     with ModelDirLock(model_dir) if chief else contextlib.nullcontext():
       trainer = Trainer(strategy, source, flow_config, train_config, model_dir)
-      if chief:
-        model_dir_layout.write_run_settings(
-            model_dir, FLAGS.flags_into_string(),
-            {name: FLAGS[name].value for name in cli_flags.DATA_FLAGS})
+
+      def record_run():
+        if chief:
+          model_dir_layout.write_run_settings(
+              model_dir, FLAGS.flags_into_string(),
+              {name: FLAGS[name].value for name in cli_flags.DATA_FLAGS})
+
       logging.info('Training on %s %s (%d levels) with %d replica(s) into %s',
                    source.name, source.image_shape, source.levels,
                    strategy.num_replicas_in_sync, model_dir)
-      eval_bpd = trainer.train()
+      eval_bpd = trainer.train(on_restored=record_run)
       if trainer.outcome == 'signal':
         return  # The checkpoint is saved.
       export_dir = os.path.join(model_dir, 'saved_model')

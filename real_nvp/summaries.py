@@ -45,14 +45,19 @@ class SummaryWriters:
   """`{model_dir}/train` and `{model_dir}/eval` writers; no-ops off the chief."""
 
   def __init__(self, model_dir, enabled):
+    self._model_dir, self._enabled = model_dir, enabled
     self._writers = {}
-    if enabled:
-      for name in ('train', 'eval'):
-        self._writers[name] = tf.summary.create_file_writer(
-            os.path.join(model_dir, name))
+
+  def _writer(self, which):
+    """Created at the first summary, so that a run refused before it trains
+    leaves no event file behind."""
+    if self._enabled and which not in self._writers:
+      self._writers[which] = tf.summary.create_file_writer(
+          os.path.join(self._model_dir, which))
+    return self._writers.get(which)
 
   def scalars(self, which, step, values):
-    writer = self._writers.get(which)
+    writer = self._writer(which)
     if writer is None:
       return
     with writer.as_default(step=step):
@@ -61,7 +66,7 @@ class SummaryWriters:
     writer.flush()
 
   def images(self, which, step, name, images):
-    writer = self._writers.get(which)
+    writer = self._writer(which)
     if writer is None:
       return
     with writer.as_default(step=step):

@@ -109,14 +109,19 @@ class Trainer:
     logging.warning('Received signal %d: saving a checkpoint and stopping.', signum)
     self._stop_requested = True
 
-  def train(self):
+  def train(self, on_restored=None):
     """Trains to `train_steps` (or until early stopping); returns the last
-    held-out bits/dim, or None when no evaluation ended the call. `self.best`
+    held-out bits/dim, or None when no evaluation ended the call.
+    `on_restored()`, if given, runs once the model directory has been read
+    and accepted (train.py records the run's flags there, so that a refused
+    run leaves the previous record). `self.best`
     holds the best evaluation; `self.outcome` says how the call ended:
     'finished', 'early_stopped', 'signal' (stopped by SIGTERM/SIGINT) or
     'stopped_before' (early stopping had ended this run already; nothing was
     trained, see --train_past_early_stop)."""
     start = self.state.restore()
+    if on_restored:
+      on_restored()
     self._value_unrecorded_best_checkpoints()
     stopped_at = self.best.early_stopped_at
     if stopped_at is not None:

@@ -182,14 +182,22 @@ def test_an_early_stopped_run_is_not_continued_by_running_it_again(tmp_path, cap
   assert onward.best.best == (10, 1.0) and onward.best.early_stopped_at is None
 
 
+def _contents(folder):
+  return {str(path.relative_to(folder)): path.read_bytes()
+          for path in sorted(folder.rglob('*')) if path.is_file()}
+
+
 def test_a_directory_without_a_readable_checkpoint_stops_in_one_line(tmp_path):
   model_dir = str(tmp_path)
   trainer = tiny_trainer(model_dir, 2, eval_every=2)
   _stub_evaluations(trainer, [3.0])
   trainer.train()
   (tmp_path / 'ckpt-2.index').write_bytes(b'not an index' * 10)
+  before = _contents(tmp_path)
   with pytest.raises(ModelDirError) as raised:
-    tiny_trainer(model_dir, 4).state.restore()
+    tiny_trainer(model_dir, 4).train(
+        on_restored=lambda: (tmp_path / 'flags.txt').write_text('the new run'))
+  assert _contents(tmp_path) == before  # no flags.txt, no new event file: nothing
   message = str(raised.value)
   assert 'None of the 1 checkpoint(s)' in message and '--restart_if_unreadable' in message
   assert '\n' not in message
