@@ -21,6 +21,7 @@ from real_nvp import (best_checkpoint, checkpoints, cli_flags, data, distribute,
                       figures, hardware, model_dir_layout, ood, storage, summaries)
 from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
 from real_nvp.evaluation import Evaluator, write_scores
+from real_nvp.progress import progress_printer
 
 cli_flags.define_flags()
 flags.DEFINE_enum('split', 'eval', ['eval', 'train'],
@@ -38,6 +39,11 @@ flags.DEFINE_integer('watch_timeout', 3600, 'Seconds to wait for a new checkpoin
                      lower_bound=0)
 flags.DEFINE_string('export_dir', None, 'Also export a SavedModel here.')
 flags.DEFINE_bool('figures', True, 'Write the figures.')
+flags.DEFINE_string('results_file', None,
+                    'Where eval_results.json goes; default: the model directory. '
+                    'Given, eval.py writes nothing into the model directory but its '
+                    'figures (--nofigures: nothing), so a read-only one can be '
+                    'evaluated.')
 flags.DEFINE_string('scores_file', None,
                     'Write one CSV row per image of the split: index, name (folder: '
                     'sources), bits/dim and, with --dequant_samples > 1, the '
@@ -114,8 +120,9 @@ def _refuse_architecture_flags(config, model_dir):
 
 def _output_paths(model_dir):
   """(path, is a directory) of everything eval.py will write."""
-  paths = [(os.path.join(model_dir, 'eval_results.json'), False),
-           (os.path.join(model_dir, 'eval'), True)]
+  paths = ([(FLAGS.results_file, False)] if FLAGS.results_file else
+           [(os.path.join(model_dir, 'eval_results.json'), False),
+            (os.path.join(model_dir, 'eval'), True)])
   if FLAGS.figures or FLAGS.ood_dataset:
     paths.append((os.path.join(model_dir, 'figures'), True))
   if FLAGS.scores_file:
@@ -137,7 +144,8 @@ def _evaluate(model_dir, checkpoint, strategy):
   ood_source = _ood_source(model.config) if FLAGS.ood_dataset else None
   evaluator = Evaluator(model, strategy, FLAGS.batch_size,
                         dequant_samples=FLAGS.dequant_samples, seed=FLAGS.seed)
-  evaluation = evaluator(source, FLAGS.eval_examples or None)
+  evaluation = evaluator(source, FLAGS.eval_examples or None,
+                         progress_printer('eval', sys.stderr, every=10.))
   results = evaluation.summary()
   results.update(checkpoint_step=step, checkpoint=checkpoint,
                  replicas=strategy.num_replicas_in_sync,
@@ -150,15 +158,15 @@ def _evaluate(model_dir, checkpoint, strategy):
         f"{results['bits_per_dim']:.4f} ± {results['std_error']:.4f}, "
         f"importance-weighted {results['bits_per_dim_iw']:.4f} ± "
         f"{results['std_error_iw']:.4f} bits/dim", flush=True)
-  writers = summaries.SummaryWriters(model_dir, enabled=True)
+  writers = summaries.SummaryWriters(model_dir, enabled=not FLAGS.results_file)
   if FLAGS.scores_file:
     write_scores(evaluation, FLAGS.scores_file, source.eval.names)
     results['scores_file'] = os.path.abspath(FLAGS.scores_file)
   if ood_source is not None:
     results['ood'] = _out_of_distribution(evaluator, evaluation, source, ood_source,
                                           model_dir, step, writers)
-  storage.write_atomically(os.path.join(model_dir, 'eval_results.json'),
-                               json.dumps(results, indent=2))
+  storage.write_atomically(FLAGS.results_file or os.path.join(model_dir, 'eval_results.json'),
+                           json.dumps(results, indent=2))
   writers.scalars('eval', step, {
       'bits_per_dim': results['bits_per_dim'],
       'bits_per_dim_iw': results['bits_per_dim_iw']})

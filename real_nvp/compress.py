@@ -29,8 +29,8 @@ from absl import app, flags, logging
 # real_nvp before TensorFlow: it chooses TF's CPU kernels (hardware.py).
 from real_nvp import best_checkpoint, checkpoints, cli_flags, data, hardware, storage
 import numpy as np  # noqa: E402  pylint: disable=g-bad-import-order
-from real_nvp.compression import (CompressedFileError, Compressor, Precisions,  # noqa: E402
-                                  progress_printer)
+from real_nvp.compression import CompressedFileError, Compressor, Precisions  # noqa: E402
+from real_nvp.progress import progress_printer  # noqa: E402
 from real_nvp.evaluation import Evaluator  # noqa: E402
 
 COMMANDS = ('encode', 'decode')

@@ -32,7 +32,6 @@ wrong images.
 
 import hashlib
 import math
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -388,21 +387,3 @@ class _StepCoder(flow_tree.Visitor):
 def _floats(x, k):
   """Grid integers -> float32 tensor of their values (correctly rounded)."""
   return tf.constant((x.astype(np.float64) * 2. ** -k).astype(np.float32))
-
-
-def progress_printer(label, stream):
-  """A `progress` callback that prints images done, img/s and the ETA to
-  `stream` at most every 5 seconds (the last batch always)."""
-  began, last = time.time(), [0.]
-
-  def report(done, total):
-    now = time.time()
-    if now - last[0] < 5. and done < total:
-      return
-    last[0] = now
-    rate = done / max(now - began, 1e-9)
-    eta = (total - done) / rate if rate else float('inf')
-    print(f'{label}: {done}/{total} images, {rate:.1f} img/s, ETA {eta:.0f} s',
-          file=stream, flush=True)
-
-  return report

@@ -96,8 +96,9 @@ class Evaluator:
   def _step_fn(self, batch):
     return self.strategy.run(self._replica_step, args=batch)
 
-  def __call__(self, source, num_examples=None):
-    """An `Evaluation` of `source`'s held-out split (its first `num_examples`)."""
+  def __call__(self, source, num_examples=None, progress=None):
+    """An `Evaluation` of `source`'s held-out split (its first `num_examples`);
+    `progress(images_done, images)`, if given, after each batch."""
     dataset = self.strategy.distribute_datasets_from_function(
         lambda ctx: data.eval_dataset(source, self.batch_size, num_examples or None,
                                       ctx, with_indices=True))
@@ -105,11 +106,14 @@ class Evaluator:
       # A batch dimension of None: the last, smaller batch needs no new graph.
       self.step = tf.function(self._step_fn, input_signature=[dataset.element_spec])
     parts = [[], [], []]
+    total = min(len(source.eval.images), num_examples or len(source.eval.images))
     for batch in dataset:
       # Gathered across every replica of every worker, so that each worker
       # holds the whole split's results (and takes the same decisions).
       for part, values in zip(parts, self.step(batch)):
         part.append(self.strategy.gather(values, axis=0).numpy())
+      if progress:
+        progress(sum(len(p) for p in parts[0]), total)
     indices, bound, iw = (np.concatenate(p) if p else np.zeros([0]) for p in parts)
     order = np.argsort(indices, kind='stable')
     return Evaluation(indices[order].astype(np.int64), bound[order], iw[order],

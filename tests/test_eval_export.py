@@ -404,3 +404,21 @@ def test_eval_py_prints_its_result_before_a_storage_fault(trained, tmp_path):
   assert 'bound' in result.stdout and 'bits/dim' in result.stdout
   _one_line_error(result, f'Writing {scores} failed', 'Read-only file system',
                   'results printed above are complete')
+
+
+def test_a_results_file_elsewhere_leaves_the_model_directory_untouched(trained, tmp_path):
+  """--results_file: a read-only model directory can be evaluated (nothing is
+  written there), and the evaluation prints its progress."""
+  model_dir, _, _ = trained
+
+  def contents():
+    return {os.path.join(folder, name): os.path.getmtime(os.path.join(folder, name))
+            for folder, _, names in os.walk(model_dir) for name in names}
+
+  before = contents()
+  result = _eval_py(model_dir, '--eval_examples=20', f'--results_file={tmp_path}/r.json')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert contents() == before
+  with open(tmp_path / 'r.json') as f:
+    assert json.load(f)['num_examples'] == 20
+  assert 'eval: 20/20 images' in result.stderr
