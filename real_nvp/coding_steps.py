@@ -33,8 +33,8 @@ up, so the expected loss against log2 ℓ is at most 1 / (8 ℓ^2 ln 2) bits
 
 The prior: z on the latent grid under N(0, I), its bin of width 2^-m (a
 categorical) and the k - m bits below it (uniform); the loss against the
-density is the Gaussian's curvature over a bin, about 2^-2m / 24 nats. A
-bin beyond [-16, 16) escapes (`GaussianPrior`).
+density is the Gaussian's curvature over a bin, about 2^-2m / 24 nats, out
+to |z| = 64 (tails by levels, `GaussianPrior`).
 """
 
 import math
@@ -45,9 +45,10 @@ import numpy as np
 from real_nvp.coding_maps import CodingError, MonotoneMap
 
 __all__ = ['encode_affine', 'decode_affine', 'encode_monotone', 'decode_monotone',
-           'integer_scale', 'GaussianPrior', 'SigmoidStep', 'PRIOR_RANGE']
+           'integer_scale', 'GaussianPrior', 'SigmoidStep']
 
-PRIOR_RANGE = 16  # |z| and |ε| below this
+_CENTRE = 4  # the prior's first categorical: the bins of [-4, 4) and two tails
+_TAIL_END = 64.  # tail levels up to here, then uniform bits
 _SIGMOID_RANGE = 40.  # the variational dequantizer's v is cut to [-40, 40]
 _ESCAPE_SIZE = 2 ** 24  # an escaped bin's distance: two uniform parts of this size
 _MISMATCH = ('the file does not match this model, or the computation differs '
@@ -134,46 +135,63 @@ def decode_monotone(stream, step_map, y, k_in, k_out):
 
 
 class GaussianPrior:
-  """Integers z on grid k under N(0, I): bins 2^-bits wide over
-  [-PRIOR_RANGE, PRIOR_RANGE), the k - bits bits below them uniform.
+  """Integers z on grid k under N(0, I): z's bin of width h = 2^-bits, then
+  the k - bits bits below it (uniform).
 
-  With `escape`, a bin beyond the range is coded as one of two escape
-  symbols (below, above; constriction's least probability, 2^-24 each) and
-  its distance from the range as 48 uniform bits, so that every latent a
-  model can reach is coded. Without it (the variational dequantizer's ε,
-  which is only ever decoded first, so always in range), such a z is a
-  CodingError."""
+  The bin follows the Gaussian to |z| = 64, tails included: a categorical
+  over the bins of [-4, 4) and the two tails; in a tail, levels of bins
+  [t, t + w) (w about 8 / t, so that every symbol of a level keeps a
+  probability that 24-bit coding represents) and a symbol for "beyond",
+  each with its conditional probability given |z| >= t. Beyond 64, 48
+  uniform bits of the distance: what no model reaches, still coded."""
 
-  def __init__(self, bits, k, escape=True):
+  def __init__(self, bits, k):
     if k < bits:
       raise CodingError(f'The latent grid 2^-{k} is coarser than the prior\'s bins '
                         f'2^-{bits}.')
-    self.bits, self.k, self.escape = bits, k, escape
-    probabilities = _gaussian_bins(bits)
-    if escape:
-      probabilities = np.concatenate([[0.], probabilities, [0.]])
-    self._model = constriction.stream.model.Categorical(probabilities, perfect=False)
-    self._range = PRIOR_RANGE << bits  # bins -range .. range - 1 are in range
-    self._offset = self._range + (1 if escape else 0)
+    self.bits, self.k = bits, k
+    self._centre = _CENTRE << bits  # bins -centre .. centre - 1 are the centre's
+    centre, self._tail_levels = _gaussian_tables(bits)
+    self._models = [constriction.stream.model.Categorical(table, perfect=False)
+                    for table in [centre] + [level for _, level in self._tail_levels]]
+    self._tail_end = (self._tail_levels[-1][0] + len(self._tail_levels[-1][1]) - 1
+                      if self._tail_levels else 0)
+
+  def _levels(self, distance):
+    """(level index, offset within it) of tail distances d >= 0 in bins."""
+    starts = np.array([start for start, _ in self._tail_levels])
+    level = np.searchsorted(starts, distance, side='right') - 1
+    return level, distance - starts[level]
 
   def encode(self, stream, z):
-    """Escapes, the bins, then the bits below them: the next batch takes its
-    first bits back from the top of the stack, and the lowest bits are the
-    most nearly uniform, so its noise is close to a draw of q."""
+    """The tails' levels deepest first, the bins, then the bits below them:
+    the next batch takes its first bits back from the top of the stack, and
+    the lowest bits are the most nearly uniform, so its noise is close to a
+    draw of q."""
     low_bits = self.k - self.bits
     flat = z.ravel()
     bins = flat >> low_bits
-    below, above = bins < -self._range, bins >= self._range
-    if below.any() or above.any():
-      if not self.escape:
-        raise CodingError(f'A latent value is outside [-{PRIOR_RANGE}, {PRIOR_RANGE}).')
-      distance = np.where(below, -self._range - 1 - bins, bins - self._range)[below | above]
-      if distance.max() >= _ESCAPE_SIZE ** 2:
-        raise CodingError('A latent value is beyond any the coder can escape to.')
-      stream.encode_uniform(np.stack([distance >> 24, distance & (_ESCAPE_SIZE - 1)], 1),
-                            np.full(2 * distance.size, _ESCAPE_SIZE))
-    symbols = np.clip(bins, -self._range - 1, self._range) + self._offset
-    stream.encode_categorical(symbols, self._model)
+    above, below = bins >= self._centre, bins < -self._centre
+    tail = above | below
+    distance = np.where(above, bins - self._centre, -self._centre - 1 - bins)[tail]
+    far = distance >= self._tail_end
+    if far.any():
+      beyond = distance[far] - self._tail_end
+      if beyond.max() >= _ESCAPE_SIZE ** 2:
+        raise CodingError('A latent value is beyond any the coder can represent.')
+      stream.encode_uniform(np.stack([beyond >> 24, beyond & (_ESCAPE_SIZE - 1)], 1),
+                            np.full(2 * beyond.size, _ESCAPE_SIZE))
+    level, offset = self._levels(np.minimum(distance, self._tail_end - 1))
+    level = np.where(far, len(self._tail_levels), level)
+    for j in reversed(range(len(self._tail_levels))):
+      here = level >= j
+      if here.any():
+        beyond_symbol = len(self._tail_levels[j][1]) - 1
+        stream.encode_categorical(np.where(level[here] == j, offset[here], beyond_symbol),
+                                  self._models[j + 1])
+    symbols = np.where(above, 2 * self._centre + 1, np.where(below, 2 * self._centre,
+                                                             bins + self._centre))
+    stream.encode_categorical(symbols, self._models[0])
     stream.encode_uniform(flat & ((1 << low_bits) - 1), np.full(flat.shape, 1 << low_bits))
 
   def decode(self, stream, shape):
@@ -181,14 +199,24 @@ class GaussianPrior:
     count = int(np.prod(shape))
     low_bits = self.k - self.bits
     low = stream.decode_uniform(np.full(count, 1 << low_bits))
-    bins = stream.decode_categorical(self._model, count) - self._offset
-    below, above = bins < -self._range, bins >= self._range
-    escaped = below | above
-    if escaped.any():
-      parts = stream.decode_uniform(np.full(2 * int(escaped.sum()), _ESCAPE_SIZE))
-      distance = (parts[0::2] << 24) + parts[1::2]
-      bins[escaped] = np.where(below[escaped], -self._range - 1 - distance,
-                               self._range + distance)
+    symbols = stream.decode_categorical(self._models[0], count)
+    bins = symbols - self._centre
+    tail = symbols >= 2 * self._centre
+    distance = np.zeros(int(tail.sum()), np.int64)
+    going = np.ones(distance.shape, bool)
+    for j, (start, level) in enumerate(self._tail_levels):
+      if not going.any():
+        break
+      values = stream.decode_categorical(self._models[j + 1], int(going.sum()))
+      stop = values < len(level) - 1
+      index = np.flatnonzero(going)
+      distance[index[stop]] = start + values[stop]
+      going[index[stop]] = False
+    if going.any():
+      parts = stream.decode_uniform(np.full(2 * int(going.sum()), _ESCAPE_SIZE))
+      distance[going] = self._tail_end + (parts[0::2] << 24) + parts[1::2]
+    above = symbols[tail] == 2 * self._centre + 1
+    bins[tail] = np.where(above, self._centre + distance, -self._centre - 1 - distance)
     return ((bins << low_bits) + low).reshape(shape)
 
 
@@ -222,10 +250,30 @@ class SigmoidStep:
         0., 1., -_SIGMOID_RANGE, _SIGMOID_RANGE)
 
 
-def _gaussian_bins(bits):
-  """Probabilities of N(0, 1)'s bins [b, b + 1) 2^-bits over [-R, R)."""
-  edges = np.arange(-PRIOR_RANGE * 2 ** bits, PRIOR_RANGE * 2 ** bits + 1) / 2. ** bits
+def _log_upper_tail(t):
+  """log P(Z >= t) for N(0, 1), accurate far into the tail."""
+  t = np.asarray(t, np.float64)
+  with np.errstate(divide='ignore'):
+    direct = np.log(np.array([0.5 * math.erfc(v / math.sqrt(2.)) for v in t.ravel()]))
+  asymptotic = (-0.5 * t.ravel() ** 2 - np.log(np.maximum(t.ravel(), 1.) * math.sqrt(2. * math.pi))
+                + np.log1p(-1. / np.maximum(t.ravel(), 1.) ** 2 + 3. / np.maximum(t.ravel(), 1.) ** 4))
+  return np.where(t.ravel() < 30., direct, asymptotic).reshape(t.shape)
+
+
+def _gaussian_tables(bits):
+  """(the centre's probabilities: its bins over [-4, 4), then the lower and
+  the upper tail), [(start, probabilities)] of the tail levels: bins from
+  distance `start` (in bins past 4), then "beyond", given |z| >= its start."""
+  h = 2. ** -bits
+  edges = np.arange(-_CENTRE / h, _CENTRE / h + 1) * h
   cdf = np.array([0.5 * math.erfc(-e / math.sqrt(2.)) for e in edges])
-  tail = np.array([0.5 * math.erfc(e / math.sqrt(2.)) for e in edges])
-  # Differences of the upper tail are accurate for positive edges.
-  return np.where(edges[:-1] >= 0, tail[:-1] - tail[1:], cdf[1:] - cdf[:-1])
+  centre = np.concatenate([cdf[1:] - cdf[:-1], [cdf[0], cdf[0]]])
+  levels, start = [], 0
+  while _CENTRE + start * h < _TAIL_END:
+    t = _CENTRE + start * h
+    width = max(1, int(8. / (t * h)))
+    log_edges = _log_upper_tail(t + h * np.arange(width + 1)) - _log_upper_tail(t)
+    masses = np.exp(log_edges[:-1]) - np.exp(log_edges[1:])
+    levels.append((start, np.append(masses, np.exp(log_edges[-1]))))
+    start += width
+  return centre, levels

@@ -96,7 +96,6 @@ class Compressor:
                               precisions.prior_bins)
     self.precisions = precisions
     self._prior = GaussianPrior(precisions.prior_bins, precisions.latent)
-    self._noise_prior = GaussianPrior(precisions.prior_bins, precisions.latent, escape=False)
 
   # --- the file ---------------------------------------------------------------------------
 
@@ -285,7 +284,7 @@ class Compressor:
     """frac ~ q(.|x) on the grid 2^-k_u, decoded from the stream (bits back):
     ε under the prior, then ε -> v -> frac in decoding mode."""
     tree, context = self._u_side(batch)
-    eps = _Coded(self._noise_prior.decode(stream, batch.shape), self.precisions.latent,
+    eps = _Coded(self._prior.decode(stream, batch.shape), self.precisions.latent,
                  context)
     return self._walk(stream, tree, eps, encoding=False).h
 
@@ -294,7 +293,7 @@ class Compressor:
     tree, context = self._u_side(images)
     eps = self._walk(stream, tree, _Coded(frac, self.precisions.dequantization, context),
                      encoding=True)
-    self._noise_prior.encode(stream, eps.h)
+    self._prior.encode(stream, eps.h)
 
   def _u_side(self, images):
     """The dequantizer read from u's side: frac -> v = logit(frac) -> ε = g^-1(v)
