@@ -75,6 +75,10 @@ class MonotoneMap:
       x = np.floor(self.inverse(np.asarray(y, np.float64) * 2. ** -k_out) * 2. ** k_in)
     return np.clip(np.nan_to_num(x, nan=x_min), x_min, x_max).astype(np.int64)
 
+  def cell_limits(self, k_in):
+    """(first, last) data cell on grid k_in."""
+    return self._limits(k_in, 0)[:2]
+
   def data_cells(self, y, k_in, k_out):
     """X = the data cell of each latent grid point Y (int64 arrays)."""
     self._check(k_in, k_out)

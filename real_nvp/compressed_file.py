@@ -39,7 +39,7 @@ class Precisions:
     dequantizer's too); 0: chosen from the model's levels (Compressor).
   prior_bins: the prior's bins are 2^-prior_bins wide.
   """
-  dequantization: int = 12
+  dequantization: int = 8
   latent: int = 0
   prior_bins: int = 6
 
