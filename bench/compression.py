@@ -39,6 +39,9 @@ flags.DEFINE_list('model_dirs', ['runs/digits'], 'Trained runs to measure.')
 flags.DEFINE_string('checkpoint', 'best', 'Which checkpoint of each run.')
 flags.DEFINE_list('counts', ['1', '10', '100', '0'], 'N; 0: the whole split.')
 flags.DEFINE_integer('coder_batch_size', 64, 'Images per network call.')
+flags.DEFINE_enum('split', 'eval', ['eval', 'train'], 'Which split of each run.')
+flags.DEFINE_integer('every', 1, 'Every k-th image of the split (a large N from '
+                     'overlapping training patches).', lower_bound=1)
 flags.DEFINE_integer('draws', 16, 'Single draws averaged for the bound (K = 1).')
 flags.DEFINE_integer('dequant_samples', 16, 'K of the importance-weighted estimate.')
 FLAGS = flags.FLAGS
@@ -114,8 +117,8 @@ def _scoring_rate(model, images, batch):
 def _measure(model_dir):
   model, step, _ = checkpoints.restore_model(
       model_dir, best_checkpoint.resolve_checkpoint(model_dir, FLAGS.checkpoint))
-  source = cli_flags.run_data_source(model_dir)
-  split = np.asarray(source.eval.images)
+  source = cli_flags.run_data_source(model_dir, FLAGS.split)
+  split = np.asarray(source.eval.images)[::FLAGS.every]
   batch = FLAGS.coder_batch_size
   rows = []
   for count in (int(c) or len(split) for c in FLAGS.counts):
