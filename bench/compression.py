@@ -39,6 +39,8 @@ flags.DEFINE_list('model_dirs', ['runs/digits'], 'Trained runs to measure.')
 flags.DEFINE_string('checkpoint', 'best', 'Which checkpoint of each run.')
 flags.DEFINE_list('counts', ['1', '10', '100', '0'], 'N; 0: the whole split.')
 flags.DEFINE_integer('coder_batch_size', 64, 'Images per network call.')
+flags.DEFINE_bool('speed_only', False, 'Only the coder\'s and the scoring rates and '
+                  'the file sizes (no bounds, no other codecs): for a large N.')
 flags.DEFINE_enum('split', 'eval', ['eval', 'train'], 'Which split of each run.')
 flags.DEFINE_integer('every', 1, 'Every k-th image of the split (a large N from '
                      'overlapping training patches).', lower_bound=1)
@@ -76,6 +78,9 @@ def _jpeg_xl(array):
 CODECS = {'png': _pillow('PNG', optimize=True),
           'webp': _pillow('WEBP', lossless=True, quality=100, method=6),
           'jxl': _jpeg_xl}
+
+
+_CODEC_COLUMNS = [f'{name}_{how}' for name in CODECS for how in ('each', 'mosaic')]
 
 
 def _codec_bits_per_dim(images):
@@ -134,9 +139,12 @@ def _measure(model_dir):
     decode_seconds = time.perf_counter() - start
     if not np.array_equal(decoded, images):
       raise AssertionError(f'{model_dir}: N={count} did not decode to the same images')
-    bound, iw = _bounds(model, images, batch)
-    start_bound, _ = (_bounds(model, images[:info['start_images']], batch)
-                      if info['start_images'] < count else (bound, None))
+    if FLAGS.speed_only:
+      bound = iw = start_bound = float('nan')
+    else:
+      bound, iw = _bounds(model, images, batch)
+      start_bound, _ = (_bounds(model, images[:info['start_images']], batch)
+                        if info['start_images'] < count else (bound, None))
     dims = images.size
     initial = info['start_bits'] - start_bound * images[:info['start_images']].size
     codec_file = info['header_bits'] + 8 * len(image_codec.encode(images))
@@ -151,7 +159,8 @@ def _measure(model_dir):
         'encode_images_per_sec': count / encode_seconds,
         'decode_images_per_sec': count / decode_seconds,
         'scoring_images_per_sec': _scoring_rate(model, images, batch),
-        **_codec_bits_per_dim(images)})
+        **({name: float('nan') for name in _CODEC_COLUMNS} if FLAGS.speed_only else
+           _codec_bits_per_dim(images))})
     print(json.dumps(rows[-1]), flush=True)
   return rows
 
