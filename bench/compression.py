@@ -49,17 +49,6 @@ flags.DEFINE_integer('dequant_samples', 16, 'K of the importance-weighted estima
 FLAGS = flags.FLAGS
 
 
-def _mosaic(images):
-  count, h, w, c = images.shape
-  columns = math.ceil(math.sqrt(count))
-  rows = math.ceil(count / columns)
-  mosaic = np.zeros((rows * h, columns * w, c), np.uint8)
-  for index, image in enumerate(images):
-    r, col = divmod(index, columns)
-    mosaic[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
-  return mosaic
-
-
 def _pillow(fmt, **options):
   def size(array):
     buffer = io.BytesIO()
@@ -88,22 +77,22 @@ def _codec_bits_per_dim(images):
   for name, size in CODECS.items():
     try:
       out[f'{name}_each'] = sum(size(image) for image in images) / images.size
-      out[f'{name}_mosaic'] = size(_mosaic(images)) / images.size
+      out[f'{name}_mosaic'] = size(image_codec.mosaic(images)) / images.size
     except ImportError:  # imagecodecs not installed
       out[f'{name}_each'] = out[f'{name}_mosaic'] = float('nan')
   return out
 
 
 def _bounds(model, images, batch):
-  """(mean of FLAGS.draws single-draw bounds, IW with K samples), bits/dim."""
-  def mean_over(fn):
-    return float(np.mean(np.concatenate([fn(images[b:b + batch], b)
-                                         for b in range(0, len(images), batch)])))
-  single = np.mean([mean_over(lambda x, b, s=s: model.bits_per_dim_estimates(
-      x, seed=(s, b))['bits_per_dim'].numpy()) for s in range(FLAGS.draws)])
-  iw = mean_over(lambda x, b: model.bits_per_dim_estimates(
-      x, seed=(99, b), num_samples=FLAGS.dequant_samples)['bits_per_dim'].numpy())
-  return float(single), iw
+  """Per image: (the mean of FLAGS.draws single-draw bounds, the IW estimate
+  with K samples), bits/dim."""
+  def per_image(fn):
+    return np.concatenate([fn(images[b:b + batch], b) for b in range(0, len(images), batch)])
+  single = np.mean([per_image(lambda x, b, s=s: model.bits_per_dim_estimates(
+      x, seed=(s, b))['bits_per_dim'].numpy()) for s in range(FLAGS.draws)], axis=0)
+  iw = per_image(lambda x, b: model.bits_per_dim_estimates(
+      x, seed=(99, b), num_samples=FLAGS.dequant_samples)['bits_per_dim_iw'].numpy())
+  return single, iw
 
 
 def _scoring_rate(model, images, batch):
@@ -139,20 +128,18 @@ def _measure(model_dir):
     decode_seconds = time.perf_counter() - start
     if not np.array_equal(decoded, images):
       raise AssertionError(f'{model_dir}: N={count} did not decode to the same images')
-    if FLAGS.speed_only:
-      bound = iw = start_bound = float('nan')
-    else:
-      bound, iw = _bounds(model, images, batch)
-      start_bound, _ = (_bounds(model, images[:info['start_images']], batch)
-                        if info['start_images'] < count else (bound, None))
+    single, iw = ((np.full(count, np.nan),) * 2 if FLAGS.speed_only else
+                  _bounds(model, images, batch))
     dims = images.size
-    initial = info['start_bits'] - start_bound * images[:info['start_images']].size
+    start = info['start_images']
+    initial = info['start_bits'] - float(np.sum(single[:start])) * images[0].size
     codec_file = info['header_bits'] + 8 * len(image_codec.encode(images))
     rows.append({
         'run': os.path.basename(os.path.normpath(model_dir)), 'step': step,
         'dequantization': model.config.dequantization, 'shape': list(images.shape[1:]),
         'levels': model.config.levels, 'images': count, 'batch_size': batch,
-        'bound': bound, 'iw': iw, 'file': min(info['file_bits'], codec_file) / dims,
+        'bound': float(np.mean(single)), 'iw': float(np.mean(iw)),
+        'file': min(info['file_bits'], codec_file) / dims,
         'bits_back_file': info['file_bits'] / dims,
         'net': (info['file_bits'] - initial) / dims, 'initial_bits': initial,
         'start_images': info['start_images'], 'header_bits': info['header_bits'],

@@ -112,17 +112,19 @@ def decode_affine(stream, step_map, y, k):
   return x
 
 
-def _counts(step_map, x, k_in, k_out):
+def _cells(step_map, x, k_in, k_out):
+  """(lo(X), n(X)): each data cell's first latent point and how many it holds."""
   lower = step_map.lower_edges(x, k_in, k_out)
-  counts = step_map.lower_edges(x + 1, k_in, k_out) - lower
+  return lower, step_map.lower_edges(x + 1, k_in, k_out) - lower
+
+
+def _counts(step_map, x, k_in, k_out):
+  """`_cells`, refusing a cell that holds no latent point."""
+  lower, counts = _cells(step_map, x, k_in, k_out)
   if counts.size and counts.min() < 1:
     raise CodingError('A non-linear coding step maps a grid cell onto no latent '
                       'grid point; raise --latent_precision.')
   return lower, counts
-
-
-def _count(step_map, x, k_in, k_out):
-  return step_map.lower_edges(x + 1, k_in, k_out) - step_map.lower_edges(x, k_in, k_out)
 
 
 def _edge_refinement(step_map, x, k_in, k_out):
@@ -143,8 +145,8 @@ def _edge_refinement(step_map, x, k_in, k_out):
     fine = x[edge] << bits
     k_fine = k_in + bits
     last_cell = fine + (1 << bits) - 1
-    fits = ((_count(step_map, fine, k_fine, k_out) >= 2) &
-            (_count(step_map, last_cell, k_fine, k_out) >= 2))
+    fits = ((_cells(step_map, fine, k_fine, k_out)[1] >= 2) &
+            (_cells(step_map, last_cell, k_fine, k_out)[1] >= 2))
     refine[edge[fits]] = bits
     edge = edge[~fits]
   return refine
@@ -302,11 +304,13 @@ class SigmoidStep:
 def _log_upper_tail(t):
   """log P(Z >= t) for N(0, 1), accurate far into the tail."""
   t = np.asarray(t, np.float64)
+  flat = t.ravel()
   with np.errstate(divide='ignore'):
-    direct = np.log(np.array([0.5 * math.erfc(v / math.sqrt(2.)) for v in t.ravel()]))
-  asymptotic = (-0.5 * t.ravel() ** 2 - np.log(np.maximum(t.ravel(), 1.) * math.sqrt(2. * math.pi))
-                + np.log1p(-1. / np.maximum(t.ravel(), 1.) ** 2 + 3. / np.maximum(t.ravel(), 1.) ** 4))
-  return np.where(t.ravel() < 30., direct, asymptotic).reshape(t.shape)
+    direct = np.log(np.array([0.5 * math.erfc(v / math.sqrt(2.)) for v in flat]))
+  large = np.maximum(flat, 1.)  # the asymptotic series is used from 30 on only
+  asymptotic = (-0.5 * flat ** 2 - np.log(large * math.sqrt(2. * math.pi)) +
+                np.log1p(-1. / large ** 2 + 3. / large ** 4))
+  return np.where(flat < 30., direct, asymptotic).reshape(t.shape)
 
 
 def _gaussian_tables(bits):

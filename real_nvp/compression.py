@@ -117,15 +117,15 @@ class Compressor:
       except StackExhausted:  # the first batches took more than measured
         start = min(len(images), 2 * start)
     if stream is None:
-      start_bytes, payload, batches = image_codec.encode(images), b'', ()
+      start_bytes, batches = image_codec.encode(images), ()
     else:
       payload = np.asarray(stream.words(), '<u4').tobytes()
       if self.fallback and (len(images) <= _CODEC_CHECK_IMAGES or
           len(payload) > 0.9 * len(start_bytes) * len(images) / start):
         codec = image_codec.encode(images)
         if len(codec) <= len(payload):
-          start, start_bytes, payload, batches = len(images), codec, b'', ()
-    if not batches:
+          start_bytes, batches = codec, ()
+    if not batches:  # the codec's file: every image in the start, its bytes the payload
       start, payload = len(images), start_bytes
     header = Header(self.precisions, self._fingerprint, platform_fingerprint(_platform()),
                     len(images), images.shape[1:], self.batch_size, start,

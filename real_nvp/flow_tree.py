@@ -24,6 +24,8 @@ the factor-outs) and `layers()`; the lossless coder (compression.py) is a
 fourth.
 """
 
+import abc
+
 import numpy as np
 import tensorflow as tf
 
@@ -33,19 +35,20 @@ __all__ = ['Steps', 'Chain', 'FactorOut', 'Inverted', 'Visitor', 'TensorRun',
            'LatentLayout']
 
 
-class Visitor:
+class Visitor(abc.ABC):
   """What a walk does at each kind of node; see the module docstring."""
 
+  @abc.abstractmethod
   def steps(self, node, value, inverse):
-    raise NotImplementedError
+    """A run of layers' output from its input `value`."""
 
+  @abc.abstractmethod
   def split(self, value):
     """(factored, rest) of a factor-out's input (either direction)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def merge(self, value, factored, rest):
     """The factor-out's output from its input `value` and the two parts."""
-    raise NotImplementedError
 
   def begin(self, value):
     """The value a chain's first node receives."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from real_nvp.compressed_file import read_varints, varints
 
-__all__ = ['encode', 'decode', 'CodecError']
+__all__ = ['encode', 'decode', 'mosaic', 'CodecError']
 
 MAX_PER_MOSAIC = 4096
 _MAX_SIDE = 16383
@@ -51,17 +51,23 @@ def _grid(count, height, width):
   return columns, math.ceil(count / columns)
 
 
+def mosaic(images):
+  """uint8 [N, H, W, C] -> [rows H, columns W, C]: the images in a near-square
+  grid, row by row, the cells after the last one zero."""
+  count, h, w, channels = images.shape
+  columns, rows = _grid(count, h, w)
+  out = np.zeros((rows * h, columns * w, channels), np.uint8)
+  for index, image in enumerate(images):
+    r, c = divmod(index, columns)
+    out[r * h:(r + 1) * h, c * w:(c + 1) * w] = image
+  return out
+
+
 def _encode_mosaic(planes):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  count, h, w, _ = planes.shape
-  columns, rows = _grid(count, h, w)
-  mosaic = np.zeros((rows * h, columns * w, 3), np.uint8)
-  for index, plane in enumerate(planes):
-    r, c = divmod(index, columns)
-    mosaic[r * h:(r + 1) * h, c * w:(c + 1) * w] = plane
   buffer = io.BytesIO()
-  Image.fromarray(mosaic, 'RGB').save(buffer, 'WEBP', lossless=True, quality=100,
-                                      method=_METHOD, exact=True)
+  Image.fromarray(mosaic(planes), 'RGB').save(buffer, 'WEBP', lossless=True, quality=100,
+                                              method=_METHOD, exact=True)
   return buffer.getvalue()
 
 
