@@ -6,15 +6,22 @@ far) and best/best.json, its record.
                        "early_stopped_at": step or null}
     best/ckpt-N.*     the best checkpoint, never rotated out
     best/pending.json the new best while it is being written (see below)
+    best/best.copy.json  best.json again, written after it, so that damage to
+                      one file loses nothing (the history, the early stop)
 
 A new best is stored so that a crash at any point leaves a record that names
 a complete checkpoint: (1) pending.json names it with its step and value,
 (2) the checkpoint is written, (3) best.json is switched to it (an atomic
-rename), (4) the old best's files are deleted, (5) pending.json is removed.
+rename), (4) the old best's files are deleted, index first (so that a cut
+delete leaves files without an index, which are plainly leftovers),
+(5) pending.json is removed.
 `inspect` reads what a crash left and decides: a readable best named by the
 record stands; a complete pending one that is better (or the only one) is
-adopted; unreadable ones are moved aside; a readable checkpoint in best/ that
-nothing records has no known value and is evaluated again by the trainer.
+adopted; other checkpoints, readable or partly deleted, are superseded and
+removed; unreadable ones are moved aside; a readable checkpoint in best/
+that nothing records has no known value and is evaluated again by the
+trainer. An unreadable best.json is replaced by its copy; without one, its
+checkpoints are evaluated again.
 `BestCheckpoint.reconcile` carries the decision out at the start of training;
 eval.py's --checkpoint=best uses it without changing anything.
 """
@@ -37,21 +44,57 @@ __all__ = ['BestCheckpoint', 'BestState', 'inspect', 'best_checkpoint',
 
 BEST_DIR = 'best'
 RECORD_FILE = 'best.json'
+RECORD_COPY_FILE = 'best.copy.json'
 PENDING_FILE = 'pending.json'
+# The keys each file must hold, with the types their values may have.
+_RECORD_KEYS = {'checkpoint': (str, type(None)), 'step': (int, type(None)),
+                'bits_per_dim': (float, int, type(None)), 'history': (list,),
+                'early_stopped_at': (int, type(None))}
+_PENDING_KEYS = {'checkpoint': (str,), 'step': (int,), 'bits_per_dim': (float, int)}
 
 
-def _read_json(path):
+def _read_json(path, keys):
+  """(the JSON object at path or None if absent, why it cannot be used or None)."""
   if not os.path.exists(path):
-    return None
+    return None, None
   try:
     with open(path) as f:
       value = json.load(f)
-    if not isinstance(value, dict):
-      raise ValueError('not a JSON object')
-    return value
   except (OSError, ValueError) as error:
-    raise ModelDirError(f'{path} cannot be read ({error}); remove {os.path.dirname(path)}/ '
-                        'to start the best-checkpoint record afresh.') from None
+    return None, str(error)
+  if not isinstance(value, dict):
+    return None, 'not a JSON object'
+  for key, types in keys.items():
+    if not isinstance(value.get(key), types) or isinstance(value.get(key), bool):
+      return None, f'its {key!r} is {value.get(key)!r}'
+  if value.get('checkpoint') is not None and (value.get('step') is None or
+                                              value.get('bits_per_dim') is None):
+    return None, f'it names {value["checkpoint"]!r} without its step and value'
+  if 'history' in keys and not all(
+      isinstance(h, list) and len(h) == 2 and isinstance(h[0], int) for h in value['history']):
+    return None, 'its history is not a list of [step, bits/dim]'
+  return value, None
+
+
+def _read_record(directory, state):
+  """best.json, or its copy where best.json cannot be used (noted in state)."""
+  path = os.path.join(directory, RECORD_FILE)
+  record, problem = _read_json(path, _RECORD_KEYS)
+  if problem is None:
+    return record
+  state.changed = True
+  state.bad_files.append(RECORD_FILE)
+  copy, copy_problem = _read_json(os.path.join(directory, RECORD_COPY_FILE), _RECORD_KEYS)
+  if copy is not None:
+    state.notes.append(f'{path} cannot be read ({problem}); its copy '
+                       f'{RECORD_COPY_FILE} is used instead.')
+    return copy
+  state.notes.append(
+      f'{path} cannot be read ({problem}) and has no usable copy'
+      f'{f" ({copy_problem})" if copy_problem else ""}: the checkpoints in best/ '
+      'are kept and evaluated again; the record of earlier evaluations and of an '
+      'early stop is lost.')
+  return {}
 
 
 @dataclasses.dataclass
@@ -76,27 +119,31 @@ class BestState:
   strays: list = dataclasses.field(default_factory=list)
   notes: list = dataclasses.field(default_factory=list)
   changed: bool = False  # the record differs from best.json on disk
+  bad_files: list = dataclasses.field(default_factory=list)  # unusable JSON files
 
 
 def inspect(model_dir):
   """The BestState of model_dir/best (reads only; checks every checkpoint's data)."""
   directory = os.path.join(model_dir, BEST_DIR)
-  record = _read_json(os.path.join(directory, RECORD_FILE)) or {}
-  pending = _read_json(os.path.join(directory, PENDING_FILE))
-  state = BestState(history=[tuple(h) for h in record.get('history', [])],
-                    early_stopped_at=record.get('early_stopped_at'))
+  state = BestState()
+  record = _read_record(directory, state)
+  pending, problem = _read_json(os.path.join(directory, PENDING_FILE), _PENDING_KEYS)
+  if problem is not None:
+    state.bad_files.append(PENDING_FILE)
+    state.notes.append(f'{os.path.join(directory, PENDING_FILE)} cannot be read '
+                       f'({problem}); the checkpoint it would name is judged without it.')
+  state.history = [tuple(h) for h in record.get('history', [])]
+  state.early_stopped_at = record.get('early_stopped_at')
   on_disk = sorted(os.path.basename(path) for path in checkpoint_paths(directory))
   state.strays = [path for path in glob.glob(os.path.join(glob.escape(directory), 'ckpt-*'))
                   if os.path.basename(path).split('.')[0] not in on_disk]
-  readable = []
+  readable, unreadable = [], {}
   for name in on_disk:
     try:
       checkpoints.verify_readable(os.path.join(directory, name))
       readable.append(name)
     except ModelDirError as error:
-      state.damaged[name] = str(error)
-      state.notes.append(f'The best-checkpoint directory holds an unreadable '
-                         f'checkpoint: {error}')
+      unreadable[name] = str(error)
   recorded = record.get('checkpoint')
   if recorded is not None:
     if recorded in readable:
@@ -120,7 +167,22 @@ def inspect(model_dir):
     state.unvalued = others
   else:
     state.obsolete = others
+  for name, reason in unreadable.items():
+    if state.best is not None and _partly_deleted(directory, name):
+      state.obsolete.append(name)  # a delete of a superseded best, cut short
+    else:
+      state.damaged[name] = reason
+      state.notes.append(f'The best-checkpoint directory holds an unreadable '
+                         f'checkpoint: {reason}')
   return state
+
+
+def _partly_deleted(directory, name):
+  """Whether some of checkpoint `name`'s data files are missing (not damaged)."""
+  shards = glob.glob(os.path.join(glob.escape(directory), glob.escape(name) + '.data-*-of-*'))
+  expected = {int(path.rsplit('-of-', 1)[1]) for path in shards if
+              path.rsplit('-of-', 1)[1].isdigit()}
+  return not shards or len(expected) != 1 or len(shards) < expected.pop()
 
 
 def best_checkpoint(model_dir):
@@ -200,14 +262,12 @@ class BestCheckpoint:
                         'checkpoint in it belongs to an earlier run')
       self._loaded = True
       return
-    try:
-      state = inspect(self.model_dir)
-    except ModelDirError as error:
-      self._set_aside(self.directory, str(error).split(';')[0])
-      self._loaded = True
-      return
+    state = inspect(self.model_dir)
     for note in state.notes:
       logging.warning('%s', note)
+    for name in state.bad_files:
+      self._set_aside(os.path.join(self.directory, name), 'It cannot be read',
+                      [os.path.join(self.directory, name)])
     for name, reason in state.damaged.items():
       checkpoints.quarantine(self.model_dir, os.path.join(self.directory, name),
                              reason, prefix='best-')
@@ -215,14 +275,15 @@ class BestCheckpoint:
       logging.info('Removing %s, left by an interrupted write.', path)
       shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     for name in state.obsolete:
-      logging.info('Removing %s: not the best checkpoint (left by an interrupted '
-                   'update of the best).', os.path.join(self.directory, name))
+      logging.info('Removing %s: superseded by the best checkpoint (left by an '
+                   'interrupted update of the best).', os.path.join(self.directory, name))
       self._delete(name)
     unvalued = state.unvalued
     if unvalued and multi_worker:
       for name in unvalued:
-        self._set_aside(os.path.join(self.directory, name), 'No record values it and '
-                        'a multi-worker run cannot evaluate it alone', files=True)
+        path = os.path.join(self.directory, name)
+        self._set_aside(path, 'No record values it and a multi-worker run cannot '
+                        'evaluate it alone', glob.glob(glob.escape(path) + '.*'))
       unvalued = []
     self.unvalued = [(os.path.join(self.directory, name), step_of(name))
                      for name in unvalued]
@@ -325,13 +386,17 @@ class BestCheckpoint:
 
   def _write_record(self):
     os.makedirs(self.directory, exist_ok=True)
-    storage.write_atomically(os.path.join(self.directory, RECORD_FILE), json.dumps({
+    text = json.dumps({
         'checkpoint': self._name, 'step': self.best and self.best[0],
         'bits_per_dim': self.best and self.best[1], 'history': self.history,
-        'early_stopped_at': self.early_stopped_at}, indent=1))
+        'early_stopped_at': self.early_stopped_at}, indent=1)
+    for name in (RECORD_FILE, RECORD_COPY_FILE):
+      storage.write_atomically(os.path.join(self.directory, name), text)
 
   def _delete(self, name):
-    for path in glob.glob(os.path.join(glob.escape(self.directory), glob.escape(name) + '.*')):
+    # The index first: what a cut delete leaves has no index (see inspect).
+    paths = glob.glob(os.path.join(glob.escape(self.directory), glob.escape(name) + '.*'))
+    for path in sorted(paths, key=lambda path: not path.endswith('.index')):
       os.remove(path)
 
   def _remove_pending(self):
@@ -340,12 +405,14 @@ class BestCheckpoint:
     except FileNotFoundError:
       pass
 
-  def _set_aside(self, path, reason, files=False):
+  def _set_aside(self, path, reason, sources=None):
+    """Moves `sources` (by default the directory `path`'s contents) to
+    best.set-aside-*/."""
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
     target = os.path.join(self.model_dir, f'best.set-aside-{stamp}')
     os.makedirs(target, exist_ok=True)
-    sources = (glob.glob(glob.escape(path) + '.*') if files else
-               [os.path.join(path, name) for name in os.listdir(path)])
+    if sources is None:
+      sources = [os.path.join(path, name) for name in os.listdir(path)]
     for source in sources:
       shutil.move(source, os.path.join(target, os.path.basename(source)))
     logging.warning('%s: moved %s to %s.', reason, path, target)

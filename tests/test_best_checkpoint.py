@@ -112,7 +112,8 @@ def test_a_crash_at_any_point_of_the_best_update_is_reconciled(
   path, step, value = best_checkpoint.best_checkpoint(model_dir)
   assert (os.path.basename(path), value) == expected
   assert _best_files(model_dir) == sorted(
-      ['best.json', f'{expected[0]}.index', f'{expected[0]}.data-00000-of-00001'])
+      ['best.copy.json', 'best.json', f'{expected[0]}.index',
+       f'{expected[0]}.data-00000-of-00001'])
   assert checkpoints.restore_model(model_dir, path)[1] == (2 if point == 'old_order' else step)
   if point == 'old_order':
     assert 'Adopted' in caplog.text
@@ -244,3 +245,87 @@ def test_a_non_writer_loads_the_record_read_only(tmp_path):
   worker.resume(4)
   assert worker.best == (4, 2.0) and worker.history == [(2, 3.0), (4, 2.0)]
   assert _best_files(model_dir) == before
+
+
+def _two_bests(model_dir, **settings):
+  """Trains 4 steps, evaluations 3.0 at step 2 and 2.0 at step 4 (the best)."""
+  trainer = tiny_trainer(model_dir, 4, eval_every=2, **settings)
+  _stub_evaluations(trainer, [3.0, 2.0])
+  trainer.train()
+  return trainer
+
+
+def test_the_old_best_is_deleted_index_first(tmp_path, monkeypatch):
+  trainer = _two_bests(str(tmp_path))
+  best = trainer.best
+  for suffix in ('.index', '.data-00000-of-00001'):
+    shutil.copy(tmp_path / f'ckpt-2{suffix}', tmp_path / 'best' / f'ckpt-2{suffix}')
+  removed = []
+  monkeypatch.setattr(os, 'remove', lambda path: removed.append(os.path.basename(path)))
+  best._delete('ckpt-2')
+  assert removed == ['ckpt-2.index', 'ckpt-2.data-00000-of-00001']
+
+
+@pytest.mark.parametrize('left', ['.index', '.data-00000-of-00001'])
+def test_a_cut_delete_of_the_old_best_is_removed_quietly(tmp_path, left, caplog):
+  """'.data…' is what a delete cut short leaves now; '.index' what the
+  previous order (data first) left: neither is reported as damage."""
+  model_dir = str(tmp_path)
+  _two_bests(model_dir)
+  shutil.copy(tmp_path / f'ckpt-2{left}', tmp_path / 'best' / f'ckpt-2{left}')
+  resumed = tiny_trainer(model_dir, 4, eval_every=2)
+  with caplog.at_level(logging.INFO, logger='absl'):
+    resumed.state.restore()
+  assert not os.path.exists(tmp_path / 'corrupt_checkpoints')
+  assert 'cannot be read' not in caplog.text
+  assert _best_files(model_dir) == ['best.copy.json', 'best.json', 'ckpt-4.data-00000-of-00001',
+                                    'ckpt-4.index']
+  assert resumed.best.best == (4, 2.0)
+
+
+@pytest.mark.parametrize('copy', ['kept', 'garbage'])
+def test_a_garbage_record_keeps_the_best_and_the_early_stop(tmp_path, copy, caplog):
+  model_dir = str(tmp_path)
+  settings = dict(checkpoint_every=4, eval_every=2, early_stopping_evals=2)
+  trainer = tiny_trainer(model_dir, 40, **settings)
+  _stub_evaluations(trainer, [3.0, 2.0, 2.1, 2.2])
+  trainer.train()
+  (tmp_path / 'best' / 'best.json').write_text('{"checkpoint": "ckpt-4", "step": "x"')
+  if copy == 'garbage':
+    (tmp_path / 'best' / 'best.copy.json').write_text('{"checkpoint": 4}')
+
+  # eval.py's reading: the best is found (from the copy) or named as unvalued.
+  if copy == 'kept':
+    assert best_checkpoint.best_checkpoint(model_dir)[1:] == (4, 2.0)
+  else:
+    with pytest.raises(ModelDirError, match='ckpt-4, which no record values'):
+      best_checkpoint.resolve_checkpoint(model_dir, 'best')
+
+  again = tiny_trainer(model_dir, 10, **settings)
+  _stub_evaluations(again, [] if copy == 'kept' else [2.0, 2.5])
+  with caplog.at_level(logging.INFO, logger='absl'):
+    again.train()
+  assert glob.glob(str(tmp_path / 'best.set-aside-*' / 'best.json'))  # nothing lost
+  lines = [line for line in caplog.text.splitlines() if 'best.json cannot be read' in line]
+  assert len(lines) == 1
+  if copy == 'kept':
+    assert 'its copy best.copy.json is used' in lines[0]
+    assert again.outcome == 'stopped_before' and int(again.step.numpy()) == 8
+    assert again.best.history == [(2, 3.0), (4, 2.0), (6, 2.1), (8, 2.2)]
+  else:
+    assert 'evaluated again' in lines[0] and 'early stop is lost' in lines[0]
+    # The readable best was evaluated again and kept; the run went on.
+    assert again.outcome == 'finished' and again.best.best == (4, 2.0)
+  assert best_checkpoint.best_checkpoint(model_dir)[1:] == (4, 2.0)
+
+
+def test_a_garbage_pending_record_is_set_aside(tmp_path, caplog):
+  model_dir = str(tmp_path)
+  _two_bests(model_dir)
+  (tmp_path / 'best' / 'pending.json').write_text('[1, 2]')
+  resumed = tiny_trainer(model_dir, 4, eval_every=2)
+  with caplog.at_level(logging.WARNING):
+    resumed.state.restore()
+  assert 'pending.json cannot be read (not a JSON object)' in caplog.text
+  assert resumed.best.best == (4, 2.0)
+  assert not os.path.exists(tmp_path / 'best' / 'pending.json')
