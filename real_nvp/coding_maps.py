@@ -94,15 +94,44 @@ class MonotoneMap:
       guess = np.ceil(self.forward(x * 2. ** -k_in) * 2. ** k_out)
     lo = np.clip(np.nan_to_num(guess, nan=y_min, posinf=y_max + 1, neginf=y_min),
                  y_min, y_max + 1).astype(np.int64)
-    for _ in range(64):
+    for _ in range(4):  # the float guess is almost always within a point or two
       earlier = (lo > y_min) & (self._cells(lo - 1, k_in, k_out) >= x)
       later = (lo <= y_max) & (self._cells(np.minimum(lo, y_max), k_in, k_out) < x)
       if not (earlier.any() or later.any()):
         break
       lo = lo - earlier + later
     else:
-      raise CodingError('The cells of a non-linear coding step could not be found.')
+      wrong = earlier | later
+      lo[wrong] = self._search(x[wrong], lo[wrong], k_in, k_out)
     return np.where(x > x_max, y_max + 1, np.where(x <= x_min, y_min, lo))
+
+  def _search(self, x, guess, k_in, k_out):
+    """lo(X) from a guess however far off: a bracket grown by doubling steps
+    from the guess, then bisection (each step asks the decoder's rounding)."""
+    _, _, y_min, y_max = self._limits(k_in, k_out)
+
+    def reaches(y):  # cell(y) >= x, with y_max + 1 past every cell
+      return (y > y_max) | (self._cells(np.clip(y, y_min, y_max), k_in, k_out) >= x)
+
+    above = reaches(guess)
+    # (low, high]: cell(low) < x (or low < y_min), cell(high) >= x.
+    low = np.where(above, guess - 1, guess)
+    high = np.where(above, guess, guess + 1)
+    step = np.ones_like(guess)
+    while True:
+      grow_down = above & (low >= y_min) & reaches(low)
+      grow_up = ~above & (high <= y_max) & ~reaches(high)
+      if not (grow_down.any() or grow_up.any()):
+        break
+      high, low = np.where(grow_down, low, high), np.where(grow_up, high, low)
+      low = np.where(grow_down, np.maximum(low - step, y_min - 1), low)
+      high = np.where(grow_up, np.minimum(high + step, y_max + 1), high)
+      step = step * 2
+    while np.any(high - low > 1):
+      middle = (low + high) // 2
+      upper = reaches(middle)
+      low, high = np.where(upper, low, middle), np.where(upper, middle, high)
+    return high
 
 
 class Permutation:

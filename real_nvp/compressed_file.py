@@ -50,6 +50,11 @@ class Precisions:
       if not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f'--{name}_precision={value!r}: must be an integer in '
                          f'[{low}, {high}].')
+    if self.latent and self.latent < self.prior_bins:
+      raise ValueError(f'--latent_precision={self.latent} is coarser than the prior\'s '
+                       f'bins (--prior_bins_precision={self.prior_bins}): raise the '
+                       'first, lower the second, or pass --latent_precision=0 (chosen '
+                       'from the model).')
 
 
 def platform_fingerprint(platform):

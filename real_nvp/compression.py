@@ -73,6 +73,12 @@ def latent_precision(levels, dequantization):
   return dequantization + math.ceil(math.log2(10. * levels))
 
 
+def least_latent_precision(levels, alpha, dequantization):
+  """The coarsest latent grid on which every cell of 2^-k_u pixel units still
+  holds a latent point: the logit's slope is at least 4 (1 - alpha) / L."""
+  return dequantization + max(0, math.ceil(math.log2(levels / (4. * (1. - alpha)))))
+
+
 class Compressor:
   """Codes uint8 images [N, H, W, C] with `model` (a RealNVP) in inference
   mode, `batch_size` images per network call. `fallback`: the codec's own
@@ -90,10 +96,20 @@ class Compressor:
     self._graphs = {}
 
   def _set_precisions(self, precisions):
+    config = self.model.config
     if not precisions.latent:
-      latent = latent_precision(self.model.config.levels, precisions.dequantization)
-      precisions = Precisions(precisions.dequantization, min(latent, 40),
+      latent = latent_precision(config.levels, precisions.dequantization)
+      precisions = Precisions(precisions.dequantization,
+                              min(max(latent, precisions.prior_bins), 40),
                               precisions.prior_bins)
+    least = least_latent_precision(config.levels, config.alpha, precisions.dequantization)
+    if precisions.latent < least:
+      raise ValueError(
+          f'--latent_precision={precisions.latent} is too coarse for this model '
+          f'({config.levels} levels) at --dequantization_precision='
+          f'{precisions.dequantization}: the logit preprocessing needs at least {least}. '
+          'Raise --latent_precision, lower --dequantization_precision, or pass '
+          '--latent_precision=0 (chosen from the model).')
     self.precisions = precisions
     self._prior = GaussianPrior(precisions.prior_bins, precisions.latent)
 
@@ -248,7 +264,11 @@ class Compressor:
           'here and decoding would fail. Decode where it was encoded, or pass '
           '--allow_platform_mismatch to try.')
     if header.precisions != self.precisions:
-      self._set_precisions(header.precisions)
+      try:
+        self._set_precisions(header.precisions)
+      except (ValueError, CodingError) as error:
+        raise CompressedFileError(f'The file\'s precisions do not suit this model '
+                                  f'({error}); it is damaged or another model\'s.') from None
 
   # --- one batch ------------------------------------------------------------------------------
 

@@ -233,6 +233,28 @@ def test_another_precision_decodes_from_its_header(models):
   np.testing.assert_array_equal(Compressor(models['uniform']).decode(blob), images)
 
 
+@pytest.mark.parametrize('precisions', [(24, 40, 10), (8, 40, 6), (24, 0, 1), (1, 0, 10)])
+def test_the_ends_of_the_precision_ranges_round_trip(models, precisions):
+  images = data.load_dataset('digits').eval.images[:60]
+  compressor = Compressor(models['uniform'], Precisions(*precisions), batch_size=8,
+                          fallback=False)
+  blob, info = compressor.encode(images)
+  assert info['batches'] >= 1
+  np.testing.assert_array_equal(Compressor(models['uniform']).decode(blob), images)
+
+
+def test_a_precision_combination_that_cannot_code_names_the_flag_to_change(models):
+  with pytest.raises(ValueError, match=r'--latent_precision=5 is coarser than the prior.*'
+                     r'--prior_bins_precision=6\): raise the first, lower the second'):
+    Precisions(8, 5, 6)
+  with pytest.raises(ValueError, match=r'--latent_precision=10 is too coarse for this '
+                     r'model \(17 levels\) at --dequantization_precision=8: the logit '
+                     r'preprocessing needs at least 11\. Raise --latent_precision, lower'):
+    Compressor(models['uniform'], Precisions(8, 10, 6))
+  Compressor(models['uniform'], Precisions(8, 11, 6)).encode(
+      data.load_dataset('digits').eval.images[:3])
+
+
 def test_the_chain_start_never_loses_to_the_codec(models):
   """N = 1 and N = 3: the file is the codec's bytes and the header, to the
   byte; with fallback, never more than the codec's file and the header."""
