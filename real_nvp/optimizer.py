@@ -84,13 +84,20 @@ class Adam(tf.Module):
     beta_1_power, beta_2_power = self._beta_powers()
     learning_rate = self.learning_rate * tf.sqrt(1. - beta_2_power) / (1. - beta_1_power)
     finite = [tf.math.is_finite(learning_rate)]
+    # One flat vector per dtype instead of a dozen ops per variable: the
+    # traced step of a 190-variable flow is thousands of ops smaller.
+    groups = {}
     for variable, gradient, first, second in zip(
         self._variables, gradients, self.first_moments, self.second_moments):
-      gradient = tf.cast(gradient, variable.dtype)
+      group = groups.setdefault(variable.dtype, ([], [], [], []))
+      for values, tensor in zip(group, (variable, tf.cast(gradient, variable.dtype),
+                                        first, second)):
+        values.append(tf.reshape(tensor, [-1]))
+    for dtype, group in groups.items():
+      variable, gradient, first, second = (tf.concat(values, 0) for values in group)
       m = first + (gradient - first) * (1. - self.beta_1)
       v = second + (tf.square(gradient) - second) * (1. - self.beta_2)
-      w = variable - tf.cast(learning_rate, variable.dtype) * m / (
-          tf.sqrt(v) + self.epsilon)
+      w = variable - tf.cast(learning_rate, dtype) * m / (tf.sqrt(v) + self.epsilon)
       finite.append(tf.reduce_all(tf.math.is_finite(w) & tf.math.is_finite(v)))
     return tf.reduce_all(tf.stack(finite))
 

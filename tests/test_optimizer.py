@@ -49,3 +49,21 @@ def test_adam_wants_one_gradient_per_variable():
   adam = Adam([tf.Variable(1.), tf.Variable(2.)], 0.1)
   with pytest.raises(ValueError, match='Expected 2 gradients, got 1'):
     adam.apply_gradients([tf.constant(1.)])
+
+
+@pytest.mark.parametrize('case', ['finite', 'nan_gradient', 'squared_gradient_overflows',
+                                  'weight_overflows'])
+def test_update_is_finite_says_what_the_update_would_write(case):
+  big = np.finfo(np.float32).max
+  values = {'finite': (1., 0.5), 'nan_gradient': (1., np.nan),
+            'squared_gradient_overflows': (1., 1e20), 'weight_overflows': (-big, 1.)}
+  weight, gradient = values[case]
+  variables = [tf.Variable(np.full((2, 3), 0.5, np.float32)),
+               tf.Variable(np.array([weight, 2.], np.float32))]
+  adam = Adam(variables, 1e38)  # a step of about the learning rate: -max - 1e38 overflows
+  gradients = [tf.ones((2, 3)), tf.constant([gradient, 0.25], tf.float32)]
+  predicted = bool(tf.function(adam.update_is_finite)(gradients))
+  adam.apply_gradients(gradients)
+  written = variables + adam.first_moments + adam.second_moments
+  assert predicted == all(np.all(np.isfinite(v.numpy())) for v in written)
+  assert predicted == (case == 'finite')
