@@ -7,6 +7,11 @@ logs, samples/step_N.png and saved_model/. Restarting resumes exactly. One
 training run per model directory (train.lock).
 """
 
+import time
+
+_STARTED = time.perf_counter()  # Before the imports: they are part of start-up.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import contextlib
 import os
 import sys
@@ -19,6 +24,7 @@ from real_nvp import (checkpoints, cli_flags, data, distribute, export, hardware
 import tensorflow as tf  # noqa: E402  pylint: disable=g-bad-import-order
 from real_nvp.model_dir_lock import ModelDirLock
 from real_nvp.train_lib import Trainer, TrainingDiverged
+from real_nvp.wall_time import EXPORT, START_UP, WallTime
 
 cli_flags.define_flags()
 FLAGS = flags.FLAGS
@@ -28,15 +34,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   model_dir = cli_flags.model_dir()
+  wall_time = WallTime(since=_STARTED)
+  wall_time.add(START_UP, time.perf_counter() - _STARTED)  # the imports
   try:
-    strategy = distribute.get_strategy(FLAGS.strategy)
-    hardware.log_platform()  # After the strategy: multi-worker must come first.
-    source = data.load_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.image_size,
-                               FLAGS.image_channels)
-    flow_config, train_config = cli_flags.flow_config(source), cli_flags.train_config()
-    chief = distribute.is_chief(strategy)
+    with wall_time.phase(START_UP):
+      strategy = distribute.get_strategy(FLAGS.strategy)
+      hardware.log_platform()  # After the strategy: multi-worker must come first.
+      source = data.load_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.image_size,
+                                 FLAGS.image_channels)
+      flow_config = cli_flags.flow_config(source)
+      train_config = cli_flags.train_config()
+      chief = distribute.is_chief(strategy)
     with ModelDirLock(model_dir) if chief else contextlib.nullcontext():
-      trainer = Trainer(strategy, source, flow_config, train_config, model_dir)
+      with wall_time.phase(START_UP):
+        trainer = Trainer(strategy, source, flow_config, train_config, model_dir,
+                          wall_time)
 
       def record_run():
         if chief:
@@ -53,14 +65,16 @@ def main(argv):
       export_dir = os.path.join(model_dir, 'saved_model')
       if trainer.outcome == 'stopped_before':
         if chief and not os.path.exists(export_dir):
-          _export(trainer, export_dir)
+          with wall_time.phase(EXPORT):
+            _export(trainer, export_dir)
         print(f'Nothing to do: early stopping ended this run at step '
               f'{trainer.best.early_stopped_at} (best {trainer.best.best[1]:.4f} at '
               f'step {trainer.best.best[0]}); its SavedModel is in {export_dir}. '
               'Pass --train_past_early_stop to train on.')
         return
       if chief:
-        exported = _export(trainer, export_dir)
+        with wall_time.phase(EXPORT):
+          exported = _export(trainer, export_dir)
   except (data.DataError, TrainingDiverged, ValueError, FileNotFoundError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')
@@ -76,6 +90,7 @@ def main(argv):
         f'{eval_bpd:.4f} after {int(trainer.step.numpy())} steps; best {best_bpd:.4f} '
         f'at step {best_step}. Outputs in {model_dir}' +
         (f'; the SavedModel holds step {exported}.' if chief else '.'))
+  print(wall_time.line())
 
 
 def _export(trainer, export_dir):

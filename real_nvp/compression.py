@@ -340,7 +340,8 @@ class Compressor:
       spec = [tf.TensorSpec([None] + x.shape[1:], x.dtype)]
       if context is not None:
         spec.append(tf.TensorSpec([None] + context.shape[1:], context.dtype))
-      function = tf.function(lambda *inputs: layer.coding_tensors(*inputs))
+      function = tf.function(lambda *inputs: layer.coding_tensors(*inputs),
+                             autograph=False)
       self._graphs[layer] = function.get_concrete_function(*spec)
     return self._graphs[layer](*([x] if context is None else [x, context]))
 

@@ -8,6 +8,7 @@ batches are split across replicas. Each image is scored with K draws
 importance-weighted estimate (see `RealNVP.bits_per_dim_estimates`).
 """
 
+import contextlib
 import csv
 import dataclasses
 import math
@@ -17,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from real_nvp import data
+from real_nvp.wall_time import TRACING, WallTime
 from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
 
 __all__ = ['Evaluator', 'Evaluation', 'write_scores']
@@ -71,10 +73,12 @@ class Evaluator:
     batch_size: global batch size.
     dequant_samples: dequantization draws K per image.
     seed: seed of the dequantization noise.
+    wall_time: a `WallTime` that the first (tracing) call of the step is
+      counted in, if given.
   """
 
   def __init__(self, model, strategy=None, batch_size=256, dequant_samples=1,
-               seed=0):
+               seed=0, wall_time=None):
     if batch_size < 1:
       raise ValueError(f'batch_size must be >= 1; got {batch_size}')
     if not 1 <= dequant_samples <= MAX_DEQUANT_SAMPLES:
@@ -85,6 +89,7 @@ class Evaluator:
     self.batch_size = batch_size
     self.dequant_samples = dequant_samples
     self.seed = seed
+    self.wall_time = wall_time or WallTime()
     self.step = None  # Traced for the data set's element spec on first use.
 
   def _replica_step(self, indices, images):
@@ -102,16 +107,20 @@ class Evaluator:
     dataset = self.strategy.distribute_datasets_from_function(
         lambda ctx: data.eval_dataset(source, self.batch_size, num_examples or None,
                                       ctx, with_indices=True))
-    if self.step is None:
+    tracing = self.step is None
+    if tracing:
       # A batch dimension of None: the last, smaller batch needs no new graph.
-      self.step = tf.function(self._step_fn, input_signature=[dataset.element_spec])
+      self.step = tf.function(self._step_fn, input_signature=[dataset.element_spec],
+                              autograph=False)
     parts = [[], [], []]
     total = min(len(source.eval.images), num_examples or len(source.eval.images))
     for batch in dataset:
-      # Gathered across every replica of every worker, so that each worker
-      # holds the whole split's results (and takes the same decisions).
-      for part, values in zip(parts, self.step(batch)):
-        part.append(self.strategy.gather(values, axis=0).numpy())
+      with self.wall_time.phase(TRACING) if tracing else contextlib.nullcontext():
+        # Gathered across every replica of every worker, so that each worker
+        # holds the whole split's results (and takes the same decisions).
+        for part, values in zip(parts, self.step(batch)):
+          part.append(self.strategy.gather(values, axis=0).numpy())
+      tracing = False
       if progress:
         progress(sum(len(p) for p in parts[0]), total)
     indices, bound, iw = (np.concatenate(p) if p else np.zeros([0]) for p in parts)

@@ -27,6 +27,8 @@ from real_nvp import checkpoints, data, distribute, hardware, summaries
 from real_nvp.evaluation import Evaluator
 from real_nvp.run_state import RunState
 from real_nvp.train_step import TrainStep
+from real_nvp.wall_time import (CHECKPOINTS, EVALUATIONS, START_UP, STEPS, TRACING,
+                                WallTime)
 
 __all__ = ['Trainer', 'TrainingDiverged']
 
@@ -42,9 +44,11 @@ class TrainingDiverged(RuntimeError):
 
 
 class Trainer:
-  """Builds model, optimizer and checkpoint under `strategy` and trains."""
+  """Builds model, optimizer and checkpoint under `strategy` and trains;
+  `wall_time` (a `WallTime`, if given) counts where the time of train() goes."""
 
-  def __init__(self, strategy, source, flow_config, train_config, model_dir):
+  def __init__(self, strategy, source, flow_config, train_config, model_dir,
+               wall_time=None):
     cfg = train_config
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:
@@ -80,7 +84,9 @@ class Trainer:
     self._early_stopped = False
     self.outcome = None  # How train() ended: see its docstring.
     self.writers = summaries.SummaryWriters(model_dir, self.is_chief)
-    self.evaluator = Evaluator(self.model, strategy, cfg.batch_size, seed=cfg.seed + 1)
+    self.wall_time = wall_time or WallTime()
+    self.evaluator = Evaluator(self.model, strategy, cfg.batch_size, seed=cfg.seed + 1,
+                               wall_time=self.wall_time)
     self._stop_requested = False
 
   # --- public loop ----------------------------------------------------------
@@ -119,10 +125,12 @@ class Trainer:
     'finished', 'early_stopped', 'signal' (stopped by SIGTERM/SIGINT) or
     'stopped_before' (early stopping had ended this run already; nothing was
     trained, see --train_past_early_stop)."""
-    start = self.state.restore()
-    if on_restored:
-      on_restored()
-    self._value_unrecorded_best_checkpoints()
+    with self.wall_time.phase(START_UP):
+      start = self.state.restore()
+      if on_restored:
+        on_restored()
+    with self.wall_time.phase(EVALUATIONS):
+      self._value_unrecorded_best_checkpoints()
     stopped_at = self.best.early_stopped_at
     if stopped_at is not None:
       if not self.cfg.train_past_early_stop and self.best.best is not None:
@@ -151,7 +159,8 @@ class Trainer:
       self.outcome = 'early_stopped'
       return self.best.history[-1][1]
     self.outcome = 'finished'
-    return self._held_out_evaluation(int(self.step.numpy()))
+    with self.wall_time.phase(EVALUATIONS):
+      return self._held_out_evaluation(int(self.step.numpy()))
 
   def _value_unrecorded_best_checkpoints(self):
     """Evaluates the checkpoints of best/ that no record values (a crash of an
@@ -190,12 +199,13 @@ class Trainer:
     return eval_bpd
 
   def _loop(self, start):
-    cfg = self.cfg
-    dataset = self.strategy.distribute_datasets_from_function(
-        lambda ctx: data.train_dataset(self.source, cfg.batch_size, cfg.seed,
-                                       start, ctx))
-    iterator = iter(dataset)
-    self._write_inputs(start)
+    cfg, clock = self.cfg, self.wall_time
+    with clock.phase(START_UP):
+      dataset = self.strategy.distribute_datasets_from_function(
+          lambda ctx: data.train_dataset(self.source, cfg.batch_size, cfg.seed,
+                                         start, ctx))
+      iterator = iter(dataset)
+      self._write_inputs(start)
     step = start
     progress = _Progress(cfg, start)
     lengths = _LoopLengths(cfg)
@@ -203,8 +213,9 @@ class Trainer:
     while step < cfg.train_steps and not (self._stop_requested or self._early_stopped):
       length = lengths.next(step)
       progress.start_loop()
-      counters = {name: value.numpy() for name, value in self.steps.loop(
-          iterator, tf.constant(length, tf.int64)).items()}
+      with clock.phase(TRACING if progress.first_loop else STEPS):
+        counters = {name: value.numpy() for name, value in self.steps.loop(
+            iterator, tf.constant(length, tf.int64)).items()}
       ran, step = int(counters['step']) - step, int(counters['step'])
       lengths.observe(ran, progress.end_loop(ran))
       if counters['applied']:
@@ -219,18 +230,23 @@ class Trainer:
         })
         self.steps.reset_window()
       if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
-        self.state.save()
+        with clock.phase(CHECKPOINTS):
+          self.state.save()
       if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.train_steps:
-        self._held_out_evaluation(step)
-        self.write_samples(step)
+        with clock.phase(EVALUATIONS):
+          self._held_out_evaluation(step)
+        with clock.phase(CHECKPOINTS):
+          self.write_samples(step)
     if self._stop_requested or self._early_stopped:
       if step % cfg.checkpoint_every:
-        self.state.save()
+        with clock.phase(CHECKPOINTS):
+          self.state.save()
     if self._stop_requested:
       logging.info('Stopped at step %d; checkpoint saved. Run again to resume.',
                    step)
     elif not self._early_stopped:
-      self.write_samples(step)
+      with clock.phase(CHECKPOINTS):
+        self.write_samples(step)
 
   def _write_inputs(self, step):
     """A grid of the first batch this run trains on (TensorBoard)."""
@@ -295,15 +311,15 @@ class _Progress:
     self.log_steps = self.summary_steps = 0
     self.last_log = time.time()
     self._loop_started = None
-    self._first_loop = True
+    self.first_loop = True  # The next loop is the one that traces the graph.
 
   def start_loop(self):
     self._loop_started = time.time()
 
   def end_loop(self, steps):
     """-> the loop's seconds, or None for the loop that traced the graph."""
-    if self._first_loop:
-      self._first_loop = False
+    if self.first_loop:
+      self.first_loop = False
       return None
     seconds = time.time() - self._loop_started
     self.log_seconds += seconds

@@ -123,9 +123,9 @@ class TrainStep:
     # XLA compiles the per-replica forward and backward pass; the all-reduce
     # and the update stay outside (collectives do not compile on every device).
     self._compiled_local_gradients = (
-        tf.function(self._local_gradients, jit_compile=True)
+        tf.function(self._local_gradients, jit_compile=True, autograph=False)
         if cfg.jit_compile else self._local_gradients)
-    self.train_step = tf.function(self._step)
+    self.train_step = tf.function(self._step, autograph=False)
     self.loop = tf.function(self._loop)
 
   def checkpointables(self):
@@ -219,7 +219,8 @@ class TrainStep:
   def _loop(self, iterator, num_steps):
     applied = tf.constant(0, tf.int64)
     for _ in tf.range(num_steps):
-      _, _, finite = self._step(next(iterator))
+      _, _, finite = tf.autograph.experimental.do_not_convert(self._step)(
+          next(iterator))
       applied += tf.cast(finite, tf.int64)
       if self.consecutive_nonfinite >= self.cfg.max_nonfinite:
         break
