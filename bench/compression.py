@@ -20,7 +20,6 @@ the CPU.
 
 import io
 import json
-import math
 import os
 import sys
 import time

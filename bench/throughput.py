@@ -5,6 +5,7 @@
     python bench/throughput.py --image_shape=32,32,1 --num_scales=2 \\
         --feature_maps=32 --num_blocks=4 --mode=train,eval
     python bench/throughput.py --mode=data
+    python bench/throughput.py --preset=cifar10 --mode=train --profile=/tmp/profile
 
 Prints a table, then one JSON line that names the CPU (model, vector
 features, cores), the TF kernels in use and any GPU, so runs on different
@@ -25,7 +26,10 @@ on a GPU, over the GPU's own matmul. conv_utilization is the same over a 3x3
 convolution (forward and both gradients) at the first scale's shape, the
 kernel the step is made of. Random images of the preset's shape stand in for
 data; --mode=data times the input pipelines of --data_presets on their own
-(decoding, shuffle, flips and the paper's crops), per CPU core.
+(decoding, shuffle, flips and the paper's crops), per CPU core. --profile
+writes a TensorFlow profile of --profile_steps training steps (one device
+loop) after the timed ones and prints its top ops by self time
+(bench/op_profile.py), the convolutions' GFLOP/s beside them.
 """
 
 import json
@@ -49,6 +53,9 @@ from real_nvp import cli_flags, data, distribute, hardware  # noqa: E402
 from real_nvp.config import TrainConfig  # noqa: E402
 from real_nvp.train_step import TrainStep  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import op_profile  # noqa: E402  pylint: disable=g-bad-import-order
+
 # The run's own flags (train.py's), shared through cli_flags.
 cli_flags.define_strategy_flag()
 cli_flags.define_train_settings(('batch_size', 'xla', 'mixed_precision',
@@ -69,6 +76,10 @@ flags.DEFINE_list('data_presets', ['cifar10', 'imagenet64', 'lsun_bedroom', 'cel
                   '--mode=data: the TFDS data sets whose pipelines are timed.')
 flags.DEFINE_bool('peak_only', False, 'Print the TF matmul peak as JSON and exit '
                   '(the bench runs itself so to measure oneDNN where it is off).')
+flags.DEFINE_string('profile', None, 'Folder for a TensorFlow profile of the training '
+                    'step (after the timed steps); its top ops are printed.')
+flags.DEFINE_integer('profile_steps', 5, 'Training steps in the profile.')
+flags.DEFINE_integer('profile_top', 20, 'Ops in the printed profile table.')
 FLAGS = flags.FLAGS
 
 
@@ -268,7 +279,28 @@ def _train_rates(steps, source, strategy, flops, results):
       results['achieved_gflops'] = 3 * flops * FLAGS.batch_size / median / 1e9
     table.append((f'train/{length}', by_length[length],
                   FLAGS.batch_size / by_length[length]))
+  if FLAGS.profile:
+    results['profile'] = _profile(steps, iterator, flops)
   return table
+
+
+def _profile(steps, iterator, flops):
+  """Profiles one device loop of --profile_steps steps; prints the top ops.
+  A convolution's FLOPs per step are taken as the batch's forward FLOPs for
+  each of the forward, input-gradient and filter-gradient kernels."""
+  n = tf.constant(FLAGS.profile_steps, tf.int64)
+  tf.profiler.experimental.start(FLAGS.profile)
+  try:
+    steps.loop(iterator, n)['step'].numpy()
+  finally:
+    tf.profiler.experimental.stop()
+  times = op_profile.op_times(FLAGS.profile)
+  conv_flops = {name: flops * FLAGS.batch_size for name in times if 'Conv2D' in name}
+  print(op_profile.format_table(times, FLAGS.profile_steps, FLAGS.profile_top,
+                                conv_flops), file=sys.stderr)
+  return {name: {'count_per_step': count / FLAGS.profile_steps,
+                 'ms_per_step': 1e3 * seconds / FLAGS.profile_steps}
+          for name, (count, seconds) in times.items()}
 
 
 def _peaks_and_utilisation(config, results):

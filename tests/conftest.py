@@ -1,10 +1,12 @@
 """Shared test helpers: float64 layers, dense Jacobians, non-trivial weights."""
 
 import os
+import subprocess
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import real_nvp  # noqa: E402,F401  before TensorFlow: it chooses the CPU kernels
 import keras  # noqa: E402
@@ -63,3 +65,42 @@ def tiny_trainer(model_dir, steps, checkpoint_every=2, **train):
       **train})
   return Trainer(distribute.get_strategy('one_device'), data.load_dataset('digits'),
                  preset('digits', **TINY), config, str(model_dir))
+
+
+def subprocess_env():
+  """The environment of the suite's TensorFlow subprocesses: deterministic
+  ops, unbuffered output, no cluster."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_DETERMINISTIC_OPS='1',
+             PYTHONUNBUFFERED='1')
+  env.pop('TF_CONFIG', None)
+  return env
+
+
+class MirroredRuns:
+  """The runs of distributed_helper.py's `mirrored` mode: `losses(name)`,
+  `weights(name)` of a run named 'uniform/mirrored', 'variational/one_device',
+  'uniform/mirrored_invert', ...; other results by key."""
+
+  def __init__(self, path):
+    self._arrays = np.load(path)
+
+  def losses(self, name):
+    return self._arrays[f'{name}/losses']
+
+  def weights(self, name):
+    count = sum(key.startswith(f'{name}/weights/') for key in self._arrays.files)
+    return [self._arrays[f'{name}/weights/{i}'] for i in range(count)]
+
+  def __getitem__(self, key):
+    return self._arrays[key]
+
+
+@pytest.fixture(scope='session')
+def mirrored_runs(tmp_path_factory):
+  """Every two-replica training run the suite compares, made once in a new
+  process (two logical CPUs must be set before TensorFlow starts)."""
+  out = tmp_path_factory.mktemp('mirrored') / 'runs.npz'
+  subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'distributed_helper.py'),
+                  'mirrored', str(out)], cwd=ROOT, env=subprocess_env(), check=True,
+                 timeout=900)
+  return MirroredRuns(out)

@@ -1,17 +1,14 @@
 """Run as a subprocess by test_train.py: distributed training checks that need
 a fresh TensorFlow (logical devices, TF_CONFIG).
 
-  python distributed_helper.py replicas OUT.json DEQUANTIZATION
-                                                   2 replicas vs one device (one
-                                                   configuration per process: the
-                                                   collectives of two would clash)
+  python distributed_helper.py mirrored OUT.npz     3 steps on 2 replicas vs one device
+                                                   (both dequantizers), and on 2
+                                                   replicas under every
+                                                   --memory_saving mode
   python distributed_helper.py worker OUT.npz DIR  one worker of TF_CONFIG's cluster
                                                    (--memory_saving=invert)
   python distributed_helper.py eval OUT.json DIR   eval.py's restore and evaluation,
                                                    2 replicas vs one device
-  python distributed_helper.py memory_saving OUT.npz MODE
-                                                   2 replicas under a
-                                                   --memory_saving mode
 """
 
 import json
@@ -66,51 +63,55 @@ def evaluate(out, model_dir):
     json.dump(results, f)
 
 
-def replicas(out, dequantization):
-  _two_cpus()
-  folder = os.path.dirname(out)
-  results = {}
-  runs = {}
-  for name in ('mirrored', 'one_device'):
-    strategy = distribute.get_strategy(name)
-    trainer, source = _train(strategy, os.path.join(folder, dequantization, name), 3,
-                             config=CONFIG.replace(dequantization=dequantization))
-    dataset = iter(strategy.distribute_datasets_from_function(
-        lambda ctx: data.train_dataset(source, 16, 3, 0, ctx)))
-    losses = [float(trainer.steps.train_step(next(dataset))[0]) for _ in range(3)]
-    runs[name] = (losses, _weights(trainer), strategy.num_replicas_in_sync)
-    if name == 'mirrored':  # Every replica's copy of every variable updated alike.
-      state = [v.value for v in trainer.model.variables] + list(trainer.steps.optimizer.variables)
-      results['replica_copy_difference'] = max(
-          float(np.max(np.abs(copy.numpy() - copies[0].numpy())))
-          for copies in map(strategy.experimental_local_results, state) for copy in copies)
-  (loss_a, weights_a, n_a), (loss_b, weights_b, n_b) = runs['mirrored'], runs['one_device']
-  results['replicas'] = [n_a, n_b]
-  results['losses'] = [loss_a, loss_b]
-  results['max_weight_difference'] = max(
-      float(np.max(np.abs(a - b))) for a, b in zip(weights_a, weights_b))
-  results['max_weight_change'] = max(
-      float(np.max(np.abs(a))) for a in weights_a)
-  try:
-    _train(distribute.get_strategy('mirrored'), os.path.join(folder, 'odd'), 1,
-           batch_size=15)
-    results['odd_batch_error'] = None
-  except ValueError as error:
-    results['odd_batch_error'] = str(error)
-  with open(out, 'w') as f:
-    json.dump(results, f)
-
-
-def memory_saving(out, mode):
-  """3 steps of mirrored training under `mode`: losses, weights."""
-  _two_cpus()
-  strategy = distribute.get_strategy('mirrored')
-  trainer, source = _train(strategy, os.path.join(os.path.dirname(out), mode), 3,
-                           memory_saving=mode)
+def _three_steps(strategy, model_dir, **train):
+  """(losses, weights, trainer) of 3 steps of a fresh model under `strategy`."""
+  trainer, source = _train(strategy, model_dir, 3, **train)
   dataset = iter(strategy.distribute_datasets_from_function(
       lambda ctx: data.train_dataset(source, 16, 3, 0, ctx)))
   losses = [float(trainer.steps.train_step(next(dataset))[0]) for _ in range(3)]
-  np.savez(out, losses, strategy.num_replicas_in_sync, *_weights(trainer))
+  return losses, _weights(trainer), trainer
+
+
+def mirrored(out):
+  """Every two-replica run of the suite in one process (one strategy each
+  for the mirrored and the one-device runs, so their collectives never
+  clash): `{name}/losses`, `{name}/weights/i` of the runs 'mirrored' and
+  'one_device' with each dequantizer (the mirrored uniform one under
+  --memory_saving=off) and 'mirrored_recompute', 'mirrored_invert';
+  `replicas`, `{dequantization}/replica_copy_difference` (every replica's
+  copy of every variable updated alike) and `odd_batch_error`."""
+  _two_cpus()
+  folder = os.path.dirname(out)
+  strategies = {name: distribute.get_strategy(name) for name in ('mirrored', 'one_device')}
+  results = {'replicas': [strategies[name].num_replicas_in_sync for name in strategies]}
+  runs = {}
+  for dequantization in ('uniform', 'variational'):
+    for name, strategy in strategies.items():
+      losses, weights, trainer = _three_steps(
+          strategy, os.path.join(folder, dequantization, name),
+          config=CONFIG.replace(dequantization=dequantization))
+      runs[f'{dequantization}/{name}'] = (losses, weights)
+      if name == 'mirrored':
+        state = ([v.value for v in trainer.model.variables] +
+                 list(trainer.steps.optimizer.variables))
+        results[f'{dequantization}/replica_copy_difference'] = max(
+            float(np.max(np.abs(copy.numpy() - copies[0].numpy())))
+            for copies in map(strategy.experimental_local_results, state)
+            for copy in copies)
+  for mode in ('recompute', 'invert'):
+    losses, weights, _ = _three_steps(strategies['mirrored'], os.path.join(folder, mode),
+                                      memory_saving=mode)
+    runs[f'uniform/mirrored_{mode}'] = (losses, weights)
+  try:
+    _train(strategies['mirrored'], os.path.join(folder, 'odd'), 1, batch_size=15)
+    results['odd_batch_error'] = ''
+  except ValueError as error:
+    results['odd_batch_error'] = str(error)
+  arrays = {name: np.asarray(value) for name, value in results.items()}
+  for name, (losses, weights) in runs.items():
+    arrays[f'{name}/losses'] = np.asarray(losses)
+    arrays.update({f'{name}/weights/{i}': w for i, w in enumerate(weights)})
+  np.savez(out, **arrays)
 
 
 def worker(out, model_dir):
@@ -123,5 +124,4 @@ def worker(out, model_dir):
 
 
 if __name__ == '__main__':
-  {'replicas': replicas, 'worker': worker, 'eval': evaluate,
-   'memory_saving': memory_saving}[sys.argv[1]](*sys.argv[2:])
+  {'mirrored': mirrored, 'worker': worker, 'eval': evaluate}[sys.argv[1]](*sys.argv[2:])

@@ -1,10 +1,6 @@
 """Memory-saving gradients (memory_saving.py): the same gradients, batch-norm
 averages and training as autodiff, and exact resume, under each mode."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,8 +10,6 @@ from real_nvp import batch_statistics, data, preset
 from real_nvp.batch_norm import FlowBatchNorm
 from real_nvp.coupling import Coupling
 from real_nvp.model import RealNVP
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Invert reconstructs each layer's input from its output in float32, through
 # up to 13 layers per scale, so its gradients carry rounding differences: a
@@ -147,36 +141,3 @@ def test_each_mode_trains_like_off_and_resumes_exactly(tmp_path):
   np.testing.assert_allclose(runs['invert'][0], off_held_out, rtol=1e-4)
   for a, b in zip(_weights(off), runs['invert'][1]):  # See the two-replica test.
     np.testing.assert_allclose(b, a, rtol=0, atol=3e-4)
-
-
-def _two_replica_run(tmp_path, mode):
-  """(losses, weights, replicas) of 3 mirrored steps under `mode`."""
-  out = tmp_path / f'{mode}.npz'
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  env.pop('TF_CONFIG', None)
-  # A process per configuration: the collectives of two would clash.
-  subprocess.run([sys.executable, 'tests/distributed_helper.py', 'memory_saving',
-                  str(out), mode], cwd=ROOT, env=env, check=True, timeout=600)
-  run = np.load(out)
-  arrays = [run[f'arr_{i}'] for i in range(len(run.files))]
-  return arrays[0], arrays[2:], int(arrays[1])
-
-
-def _largest_difference(a, b):
-  return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
-
-
-def test_two_replicas_train_alike_under_every_mode(tmp_path):
-  runs = {mode: _two_replica_run(tmp_path, mode) for mode in ('off', 'recompute', 'invert')}
-  off_losses, off_weights, replicas = runs['off']
-  assert replicas == 2
-  losses, weights, _ = runs['recompute']
-  np.testing.assert_array_equal(losses, off_losses)
-  assert _largest_difference(weights, off_weights) == 0.
-  losses, weights, _ = runs['invert']
-  np.testing.assert_allclose(losses, off_losses, rtol=1e-5)
-  # Adam moves a weight by about the learning rate (1e-3) per step whatever
-  # its gradient's size, so the rounding in gradients that are 0 in exact
-  # arithmetic shows as up to that; a small fraction of it, as between two
-  # replicas and one device (test_train.py).
-  assert _largest_difference(weights, off_weights) < 3e-4

@@ -1,9 +1,7 @@
 """Training: learning on the digits, stability, resume, distribution, CLI errors."""
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -11,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import subprocess_env
 from real_nvp import data, distribute, preset
 from real_nvp.config import TrainConfig
 from real_nvp.train_lib import Trainer, TrainingDiverged
@@ -20,16 +19,9 @@ TINY_FLAGS = ['--num_scales=1', '--num_blocks=1', '--feature_maps=8', '--batch_s
               '--eval_examples=64', '--num_samples=4', '--log_every_secs=0']
 
 
-def _env():
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_DETERMINISTIC_OPS='1',
-             PYTHONUNBUFFERED='1')
-  env.pop('TF_CONFIG', None)
-  return env
-
-
 def _run_train(*args, check=True):
   result = subprocess.run([sys.executable, 'train.py', *args], cwd=ROOT,
-                          env=_env(), capture_output=True, text=True, timeout=600)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=600)
   if check:
     assert result.returncode == 0, result.stderr[-3000:]
   return result
@@ -162,7 +154,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
   interrupted = str(tmp_path / 'interrupted')
   process = subprocess.Popen(
       [sys.executable, 'train.py', *TINY_FLAGS, *steps, f'--model_dir={interrupted}'],
-      cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
   for line in process.stderr:
     if 'step 12/30' in line:
       process.send_signal(signal.SIGTERM)
@@ -178,47 +170,6 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
   assert full.keys() == resumed.keys()
   for name in full:
     np.testing.assert_array_equal(resumed[name], full[name], err_msg=name)
-
-
-@pytest.mark.parametrize('dequantization', ['uniform', 'variational'])
-def test_two_replicas_match_one_device(tmp_path, dequantization):
-  out = tmp_path / 'out.json'
-  subprocess.run([sys.executable, 'tests/distributed_helper.py', 'replicas', str(out),
-                  dequantization], cwd=ROOT, env=_env(), check=True, timeout=600)
-  results = json.loads(out.read_text())
-  assert results['replicas'] == [2, 1]
-  np.testing.assert_allclose(*results['losses'], rtol=1e-5)
-  # Adam's first steps move each weight by about the learning rate (1e-3);
-  # the replicas must agree to a small fraction of that.
-  assert results['max_weight_difference'] < 3e-4
-  assert results['replica_copy_difference'] == 0.
-  assert 'not divisible by the 2 replicas' in results['odd_batch_error']
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def test_multi_worker_training_agrees(tmp_path):
-  ports = [_free_port(), _free_port()]
-  cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
-  processes = []
-  for index in range(2):
-    env = dict(_env(), TF_CONFIG=json.dumps(
-        {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
-    processes.append(subprocess.Popen(
-        [sys.executable, 'tests/distributed_helper.py', 'worker',
-         str(tmp_path / f'w{index}.npz'), str(tmp_path / 'run')],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  for p in processes:
-    output, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, output[-3000:]
-  a, b = np.load(tmp_path / 'w0.npz'), np.load(tmp_path / 'w1.npz')
-  for key in a.files:
-    np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7)
-  assert tf.train.latest_checkpoint(str(tmp_path / 'run')).endswith('ckpt-4')
 
 
 @pytest.mark.parametrize('flag,message', [
