@@ -60,8 +60,9 @@ def exactness():
 
 def determinism():
   """Two identical runs on one device: are their checkpoints bit-identical?"""
-  flags_ = ['--flagfile=flags/smoke.cfg', '--strategy=one_device', '--eval_every=0',
-            '--train_steps=6' if FLAGS.reduced else '--train_steps=20']
+  flags_ = ['--flagfile=flags/smoke.cfg', '--strategy=one_device', '--eval_every=0']
+  flags_ += (['--train_steps=6', '--num_scales=1', '--num_samples=4', '--eval_examples=16']
+             if FLAGS.reduced else ['--train_steps=20'])
   folders = [os.path.join(FLAGS.out, f'determinism_{i}') for i in (0, 1)]
   for i, folder in enumerate(folders):
     code, _, _, tail = _run(f'determinism_{i}', [sys.executable, 'train.py', *flags_,

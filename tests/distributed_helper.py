@@ -27,7 +27,12 @@ from real_nvp.evaluation import Evaluator  # noqa: E402
 from real_nvp.config import TrainConfig  # noqa: E402
 from real_nvp.train_lib import Trainer  # noqa: E402
 
-CONFIG = preset('digits', num_blocks=1, feature_maps=8, dequant_feature_maps=4)
+# One scale: what several replicas or workers must agree on (the gradients'
+# and the batch norms' all-reduces, the moments all-reduced again by the
+# inverting backward pass) is in every scale alike; the multi-scale flow's own
+# gradients under each mode are tested on one device (test_memory_saving.py).
+CONFIG = preset('digits', num_scales=1, num_blocks=1, feature_maps=8,
+                dequant_feature_maps=4)
 
 
 def _weights(trainer):

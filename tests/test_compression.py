@@ -354,6 +354,7 @@ def test_a_hostile_header_is_refused_before_anything_is_allocated(models):
       Compressor(models['uniform']).decode(forged)
 
 
+@pytest.mark.slow
 def test_the_command_encodes_and_decodes_in_new_processes(tmp_path):
   model_dir = tmp_path / 'run'
   tiny_trainer(model_dir, 4, checkpoint_every=4).train()

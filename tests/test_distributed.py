@@ -16,6 +16,7 @@ import tensorflow as tf
 from conftest import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
 
 
 def _largest_difference(a, b):

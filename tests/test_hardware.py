@@ -89,6 +89,7 @@ def test_train_refuses_emulated_precision_within_seconds(tmp_path):
   assert not os.path.exists(tmp_path / 'run' / 'config.json')
 
 
+@pytest.mark.slow
 def test_device_check_runs_in_its_cpu_mode(tmp_path):
   result = subprocess.run(
       [sys.executable, 'bench/device_check.py', '--reduced', f'--out={tmp_path}'],

@@ -121,6 +121,7 @@ def _weights(trainer):
   return [v.numpy() for v in trainer.model.variables]
 
 
+@pytest.mark.slow
 def test_each_mode_trains_like_off_and_resumes_exactly(tmp_path):
   off = tiny_trainer(tmp_path / 'off', 4)
   off_held_out = off.train()

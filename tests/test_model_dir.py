@@ -298,6 +298,7 @@ def test_early_stopping_stops_after_evaluations_without_improvement(tmp_path, ca
   assert trainer.best.best == (4, 2.0)
 
 
+@pytest.mark.slow
 def test_train_py_exports_the_best_checkpoint(tmp_path):
   result = subprocess.run(
       [sys.executable, 'train.py', '--flagfile=flags/smoke.cfg', f'--model_dir={tmp_path}',

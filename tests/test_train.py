@@ -37,6 +37,7 @@ def _trainer(tmp_path, steps, learning_rate=1e-3, **flow):
                  config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_training_on_digits_beats_the_uniform_baseline(tmp_path):
   trainer = _trainer(tmp_path, 300)
   held_out = trainer.train()
@@ -63,6 +64,7 @@ def _train_scalars(model_dir):
   return values
 
 
+@pytest.mark.slow
 def test_any_steps_per_loop_gives_bit_identical_runs(tmp_path):
   # 7 divides none of the boundaries: loops are cut at every summary (5),
   # checkpoint and evaluation (10) and at the end (23).
@@ -89,6 +91,7 @@ def test_any_steps_per_loop_gives_bit_identical_runs(tmp_path):
     assert run[3] == reference[3] and run[4] == reference[4]
 
 
+@pytest.mark.slow
 def test_variational_dequantization_trains_on_digits(tmp_path):
   trainer = _trainer(tmp_path, 300, dequantization='variational',
                      dequant_feature_maps=8)
@@ -141,6 +144,7 @@ def _checkpoint_values(path):
           if not name.startswith(('_CHECKPOINTABLE_OBJECT_GRAPH', 'save_counter'))}
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
   # The variational dequantizer: its weights, Adam moments and BN averages
   # resume too (the uniform path is the same machinery without them).
@@ -197,6 +201,7 @@ def test_architecture_mismatch_is_named(tmp_path):
   assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_the_model_directory_layout(tmp_path):
   result = _run_train('--flagfile=flags/smoke.cfg', f'--model_dir={tmp_path}')
   assert 'Held-out bits/dim' in result.stdout
