@@ -197,7 +197,7 @@ def preset(name, **overrides):
 @dataclasses.dataclass
 class TrainConfig:
   """Training settings; each field is the flag of the same name (or `flag`)."""
-  train_steps: int = _setting(1500, 'Total optimizer steps.', _at_least(1))
+  train_steps: int = _setting(1000, 'Total optimizer steps.', _at_least(1))
   batch_size: int = _setting(64, 'Global batch size (divisible by the replicas).',
                              _at_least(1))
   learning_rate: float = _setting(1e-3, 'Adam learning rate.', _finite(0., False))
