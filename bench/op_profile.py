@@ -64,9 +64,7 @@ def format_table(times, steps, top=20, flops=None):
   rows = ['| op | per step | ms / step | share | GFLOP/s |', '|---|---|---|---|---|']
   for name, (count, seconds) in sorted(times.items(), key=lambda item: -item[1][1])[:top]:
     rate = (flops or {}).get(name)
+    gflops = f'{rate * steps / seconds / 1e9:.0f}' if rate else ''
     rows.append(f'| {name} | {count / steps:.0f} | {1e3 * seconds / steps:.2f} | '
-                f'{seconds / total:.1%} | {rate * steps / seconds / 1e9:.0f} |'
-                if rate else
-                f'| {name} | {count / steps:.0f} | {1e3 * seconds / steps:.2f} | '
-                f'{seconds / total:.1%} | |')
+                f'{seconds / total:.1%} | {gflops} |')
   return '\n'.join(rows)
