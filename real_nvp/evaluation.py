@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from real_nvp import data
-from real_nvp.wall_time import TRACING, WallTime
 from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
+from real_nvp.wall_time import TRACING, WallTime
 
 __all__ = ['Evaluator', 'Evaluation', 'write_scores']
 

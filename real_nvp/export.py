@@ -66,8 +66,8 @@ class _ExportModule(tf.Module):
     self.levels = tf.Variable(config.levels, dtype=tf.int32, trainable=False)
     self.config_json = tf.Variable(config.to_json(), trainable=False)
 
-    # No autograph: the model's code is written with TF's own control flow,
-    # and converting it would make the export's six traces several seconds longer.
+    # No autograph: the model is written in TF's own control flow, so
+    # converting its code would only lengthen the six traces.
     self.sample = _traced(self._sample, tf.TensorSpec([], tf.int32, name='num_samples'),
                           tf.TensorSpec([], tf.float32, name='temperature'),
                           tf.TensorSpec([], tf.int32, name='seed'))
