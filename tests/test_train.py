@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import subprocess_env
-from real_nvp import data, distribute, preset
+from real_nvp import data, distribute, preset, wall_time
 from real_nvp.config import TrainConfig
 from real_nvp.train_lib import Trainer, TrainingDiverged
 
@@ -211,3 +211,26 @@ def test_smoke_run_writes_the_model_directory_layout(tmp_path):
     assert folder in names
   assert os.listdir(tmp_path / 'train') and os.listdir(tmp_path / 'eval')
   assert {'step_10.png', 'step_20.png'} <= set(os.listdir(tmp_path / 'samples'))
+  # The last line splits the wall time; the phases add up to it.
+  line = result.stdout.strip().splitlines()[-1]
+  assert line.startswith('Wall time '), result.stdout[-1000:]
+  wall = float(line.split()[2])
+  phases = dict(part.rsplit(' ', 2)[:2] for part in line.split(': ', 1)[1].split(', '))
+  assert set(phases) == {'start-up', 'tracing and compilation', 'training steps',
+                         'evaluations', 'checkpoints and samples', 'export', 'other'}
+  assert all(float(value) >= 0 for name, value in phases.items() if name != 'other')
+  assert float(phases['tracing and compilation']) > 0 and float(phases['export']) > 0
+  assert abs(sum(map(float, phases.values())) - wall) < 0.5  # rounded to 0.1 s each
+
+
+def test_wall_time_phases_nest_and_add_up(monkeypatch):
+  clock = iter([0., 1., 3., 7., 8., 10.])
+  monkeypatch.setattr(wall_time.time, 'perf_counter', lambda: next(clock))
+  timer = wall_time.WallTime()  # since 0
+  with timer.phase(wall_time.EVALUATIONS):  # 1 .. 8
+    with timer.phase(wall_time.TRACING):  # 3 .. 7
+      pass
+  summary = timer.summary()  # at 10
+  assert summary['wall'] == 10.
+  assert summary[wall_time.TRACING] == 4. and summary[wall_time.EVALUATIONS] == 3.
+  assert summary['other'] == 3.
