@@ -1,5 +1,6 @@
-"""Run as a subprocess by test_train.py: distributed training checks that need
-a fresh TensorFlow (logical devices, TF_CONFIG).
+"""Run as a subprocess by the tests (conftest.py's `mirrored_runs`,
+test_distributed.py, test_eval_export.py): distributed checks that need a
+fresh TensorFlow (logical devices, TF_CONFIG).
 
   python distributed_helper.py mirrored OUT.npz     3 steps on 2 replicas vs one device
                                                    (both dequantizers), and on 2
