@@ -65,16 +65,14 @@ def main(argv):
       export_dir = os.path.join(model_dir, 'saved_model')
       if trainer.outcome == 'stopped_before':
         if chief and not os.path.exists(export_dir):
-          with wall_time.phase(EXPORT):
-            _export(trainer, export_dir)
+          _export(trainer, export_dir, wall_time)
         print(f'Nothing to do: early stopping ended this run at step '
               f'{trainer.best.early_stopped_at} (best {trainer.best.best[1]:.4f} at '
               f'step {trainer.best.best[0]}); its SavedModel is in {export_dir}. '
               'Pass --train_past_early_stop to train on.')
         return
       if chief:
-        with wall_time.phase(EXPORT):
-          exported = _export(trainer, export_dir)
+        exported = _export(trainer, export_dir, wall_time)
   except (data.DataError, TrainingDiverged, ValueError, FileNotFoundError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')
@@ -93,7 +91,7 @@ def main(argv):
   print(wall_time.line())
 
 
-def _export(trainer, export_dir):
+def _export(trainer, export_dir, wall_time):
   """Exports the checkpoint --export_checkpoint names; returns its step."""
   step = int(trainer.step.numpy())
   if trainer.cfg.export_checkpoint == 'best' and trainer.best.path is not None:
@@ -110,7 +108,8 @@ def _export(trainer, export_dir):
     logging.info('Exporting the best checkpoint, %s (step %d).', path, step)
   which = ' --checkpoint=best' if trainer.cfg.export_checkpoint == 'best' else ''
   try:
-    export.export_saved_model(trainer.model, export_dir)
+    with wall_time.phase(EXPORT):
+      export.export_saved_model(trainer.model, export_dir)
   except storage.STORAGE_ERRORS as error:
     raise storage.StorageError(
         f'Could not export the SavedModel to {export_dir} '

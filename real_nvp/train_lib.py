@@ -99,16 +99,21 @@ class Trainer:
     """Sample grids at each temperature: PNG (first temperature) and TensorBoard."""
     if not self.is_chief:
       return
-    for i, temperature in enumerate(self.cfg.sample_temperatures):
-      images = self.model.sample(self.cfg.num_samples, temperature,
-                                 seed=self.cfg.seed + step)
-      grid = summaries.image_grid(
-          summaries.to_display(images.numpy(), self.flow_config.levels))
-      self.writers.images('train', step, f'samples/temperature_{temperature:g}', grid)
-      if i == 0:
-        upscale = max(1, 256 // grid.shape[0])
-        summaries.save_png(os.path.join(self.model_dir, 'samples', f'step_{step}.png'),
-                           grid, upscale)
+    with self.wall_time.phase(CHECKPOINTS):
+      for i, temperature in enumerate(self.cfg.sample_temperatures):
+        images = self.model.sample(self.cfg.num_samples, temperature,
+                                   seed=self.cfg.seed + step)
+        grid = summaries.image_grid(
+            summaries.to_display(images.numpy(), self.flow_config.levels))
+        self.writers.images('train', step, f'samples/temperature_{temperature:g}', grid)
+        if i == 0:
+          upscale = max(1, 256 // grid.shape[0])
+          summaries.save_png(os.path.join(self.model_dir, 'samples', f'step_{step}.png'),
+                             grid, upscale)
+
+  def _save(self):
+    with self.wall_time.phase(CHECKPOINTS):
+      self.state.save()
 
   def _request_stop(self, signum, frame):
     del frame
@@ -230,23 +235,19 @@ class Trainer:
         })
         self.steps.reset_window()
       if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
-        with clock.phase(CHECKPOINTS):
-          self.state.save()
+        self._save()
       if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.train_steps:
         with clock.phase(EVALUATIONS):
           self._held_out_evaluation(step)
-        with clock.phase(CHECKPOINTS):
-          self.write_samples(step)
+        self.write_samples(step)
     if self._stop_requested or self._early_stopped:
       if step % cfg.checkpoint_every:
-        with clock.phase(CHECKPOINTS):
-          self.state.save()
+        self._save()
     if self._stop_requested:
       logging.info('Stopped at step %d; checkpoint saved. Run again to resume.',
                    step)
     elif not self._early_stopped:
-      with clock.phase(CHECKPOINTS):
-        self.write_samples(step)
+      self.write_samples(step)
 
   def _write_inputs(self, step):
     """A grid of the first batch this run trains on (TensorBoard)."""
