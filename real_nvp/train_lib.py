@@ -164,8 +164,7 @@ class Trainer:
       self.outcome = 'early_stopped'
       return self.best.history[-1][1]
     self.outcome = 'finished'
-    with self.wall_time.phase(EVALUATIONS):
-      return self._held_out_evaluation(int(self.step.numpy()))
+    return self._held_out_evaluation(int(self.step.numpy()))
 
   def _value_unrecorded_best_checkpoints(self):
     """Evaluates the checkpoints of best/ that no record values (a crash of an
@@ -186,8 +185,9 @@ class Trainer:
   def _held_out_evaluation(self, step):
     """Evaluates, keeps the best checkpoint, decides on early stopping."""
     cfg = self.cfg
-    eval_bpd = self.evaluate(cfg.eval_examples)
-    improved = self.best.record(step, eval_bpd)
+    with self.wall_time.phase(EVALUATIONS):
+      eval_bpd = self.evaluate(cfg.eval_examples)
+      improved = self.best.record(step, eval_bpd)
     self.writers.scalars('eval', step, {'bits_per_dim': eval_bpd,
                                         'best_bits_per_dim': self.best.best[1]})
     logging.info('step %d: held-out bits/dim %.4f (%s)%s', step, eval_bpd,
@@ -237,8 +237,7 @@ class Trainer:
       if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
         self._save()
       if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.train_steps:
-        with clock.phase(EVALUATIONS):
-          self._held_out_evaluation(step)
+        self._held_out_evaluation(step)
         self.write_samples(step)
     if self._stop_requested or self._early_stopped:
       if step % cfg.checkpoint_every:
