@@ -6,9 +6,10 @@ benchmark's gray and colour models.
     python bench/photo_patches.py --out_dir=runs/data
 
 Colour: trains on astronaut, coffee, hubble_deep_field, immunohistochemistry,
-retina and colorwheel; tests on chelsea and rocket. Gray: trains on camera,
-coins, moon, page, text, brick, grass, gravel and the gray of the colour
-training photographs; tests on clock and the gray of chelsea and rocket.
+retina and colorwheel; tests on chelsea, rocket and the two views of
+stereo_motorcycle (1,076 patches). Gray: trains on camera, coins, moon, page,
+text, brick, grass, gravel and the gray of the colour training photographs;
+tests on clock and the gray of the colour test photographs (1,184 patches).
 Training patches every 16 pixels (they overlap by half); held-out patches
 side by side (no overlap, so that a codec of their mosaic finds no repeated
 pixels that the model, coding each patch alone, cannot see).
@@ -32,17 +33,21 @@ FLAGS = flags.FLAGS
 
 COLOUR_TRAIN = ('astronaut', 'coffee', 'hubble_deep_field', 'immunohistochemistry',
                 'retina', 'colorwheel')
-COLOUR_TEST = ('chelsea', 'rocket')
+COLOUR_TEST = ('chelsea', 'rocket', 'stereo_motorcycle')
 GRAY_TRAIN = ('camera', 'coins', 'moon', 'page', 'text', 'brick', 'grass', 'gravel')
 GRAY_TEST = ('clock',)
 
 
-def _photo(name, gray):
+def _photos(name, gray):
+  """The photographs of one of scikit-image's samples (stereo_motorcycle has two
+  views and a disparity map; the views are taken)."""
   from skimage import color, data  # pylint: disable=g-import-not-at-top
-  image = getattr(data, name)()
-  if image.ndim == 3 and gray:
-    image = (color.rgb2gray(image[..., :3]) * 255. + 0.5).astype(np.uint8)
-  return image[..., None] if image.ndim == 2 else image[..., :3]
+  images = getattr(data, name)()
+  images = images[:2] if isinstance(images, tuple) else (images,)
+  for image in images:
+    if image.ndim == 3 and gray:
+      image = (color.rgb2gray(image[..., :3]) * 255. + 0.5).astype(np.uint8)
+    yield image[..., None] if image.ndim == 2 else image[..., :3]
 
 
 def _patches(image, stride):
@@ -53,7 +58,8 @@ def _patches(image, stride):
 
 
 def _split(names, gray, stride):
-  return np.stack([p for name in names for p in _patches(_photo(name, gray), stride)])
+  return np.stack([patch for name in names for photo in _photos(name, gray)
+                   for patch in _patches(photo, stride)])
 
 
 def main(argv):

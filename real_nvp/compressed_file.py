@@ -5,9 +5,10 @@ bytes): the magic b'RZ', the format version, the three precisions packed
 in 2 bytes, 4 bytes of SHA-256 over the model's config and weights, 1 byte
 of SHA-256 over the platform (TensorFlow version, CPU kernels, device),
 LEB128 varints of the number of images, H, W, C, the batch size, the
-number of images in the chain's start and its byte length, and the
-bits-back batches as runs (size, count); 4 bytes of SHA-256 over the
-images. Then the payload: the ANS stack's little-endian uint32 words, or,
+number of images in the chain's start and its byte length, and the two
+numbers of the ramp that sizes the bits-back batches (`Ramp`: the decoder
+replays it, so the header does not grow with the number of batches); 4
+bytes of SHA-256 over the images. Then the payload: the ANS stack's little-endian uint32 words, or,
 when every image is in the chain's start, its bytes (compression.py).
 """
 
@@ -17,13 +18,13 @@ import json
 
 import numpy as np
 
-__all__ = ['Precisions', 'Header', 'CompressedFileError', 'read_header', 'MAGIC',
+__all__ = ['Precisions', 'Ramp', 'Header', 'CompressedFileError', 'read_header', 'MAGIC',
            'FORMAT_VERSION', 'platform_fingerprint', 'images_checksum', 'varints',
            'read_varints']
 
 MAGIC = b'RZ'
-FORMAT_VERSION = 2
-MAX_DIMS = 2 ** 28  # H * W * C of one image
+FORMAT_VERSION = 3
+MAX_DIMS = 2 ** 28  # H * W * C of one image, and of one batch
 
 
 class CompressedFileError(ValueError):
@@ -67,6 +68,45 @@ def images_checksum(images):
   return hashlib.sha256(np.ascontiguousarray(images).tobytes()).digest()[:4]
 
 
+@dataclasses.dataclass(frozen=True)
+class Ramp:
+  """The sizes of the bits-back batches, a rule both sides replay.
+
+  A batch takes back up to `take` bits an image before it gives any, and
+  leaves the stack about `gain` bits an image longer. So after the chain's
+  start of S bits and `done` images, the stack is taken to hold
+  S + done·gain bits, and the next batch holds
+
+      min(B, images left, max(1, ⌊(S + done·gain) / take⌋))
+
+  images: 1, 1, 2, ... growing with the stack, then B. The encoder chooses
+  `take` and `gain` (compression.py) and codes again with a slower ramp if
+  a batch finds fewer bits than the rule assumed.
+  """
+  take: int = 0
+  gain: int = 0
+
+  def sizes(self, count, batch_size, start_bits, most_batches=None):
+    """The sizes of the batches of `count` images; ValueError past
+    `most_batches` batches (a damaged header), found without listing them."""
+    runs, done, take = [], 0, max(1, self.take)
+    while done < count:  # a run of equal sizes an iteration: at most B + 2
+      size = min(batch_size, max(1, (start_bits + done * self.gain) // take))
+      if size >= count - done:
+        runs.append((count - done, 1))
+        break
+      if size == batch_size or not self.gain:
+        repeats = (count - done) // size
+      else:  # the size holds while start_bits + done·gain < (size + 1)·take
+        until = -(-((size + 1) * take - start_bits) // self.gain)
+        repeats = min(max(1, -(-(until - done) // size)), (count - done) // size)
+      runs.append((size, repeats))
+      done += size * repeats
+    if most_batches is not None and sum(n for _, n in runs) > most_batches:
+      raise ValueError('more batches than the file can hold')
+    return tuple(size for size, repeats in runs for _ in range(repeats))
+
+
 @dataclasses.dataclass
 class Header:
   """The file's header (see the module docstring)."""
@@ -78,19 +118,23 @@ class Header:
   batch_size: int
   start_images: int  # the first images, coded by image_codec.py
   start_bytes: int
-  batches: tuple  # sizes of the bits-back batches, in coding order
+  ramp: Ramp  # sizes the bits-back batches after the start
   images_checksum: bytes
+
+  def batches(self, most_batches=None):
+    """The bits-back batches' sizes, in coding order."""
+    return self.ramp.sizes(self.num_images - self.start_images, self.batch_size,
+                           8 * self.start_bytes, most_batches)
 
   def to_bytes(self):
     """The header's bytes (the payload follows them)."""
     p = self.precisions
     packed = p.dequantization | p.latent << 5 | p.prior_bins << 11  # 5 + 6 + 4 bits
-    runs = _runs(self.batches)
     return (MAGIC + bytes([FORMAT_VERSION]) + packed.to_bytes(2, 'little') +
             self.model_fingerprint + self.platform_fingerprint +
             varints([self.num_images, *self.image_shape, self.batch_size,
-                     self.start_images, self.start_bytes, len(runs)] +
-                    [v for run in runs for v in run]) +
+                     self.start_images, self.start_bytes, self.ramp.take,
+                     self.ramp.gain]) +
             self.images_checksum)
 
 
@@ -110,8 +154,7 @@ def read_header(data):
     precisions = Precisions(packed & 31, packed >> 5 & 63, packed >> 11 & 15)
     position += 3
     model, platform = data[position:position + 4], data[position + 4:position + 5]
-    values, position = read_varints(data, position + 5, 8)
-    flat_runs, position = read_varints(data, position, 2 * min(values[7], len(data)))
+    values, position = read_varints(data, position + 5, 9)
     checksum = data[position:position + 4]
   except (ValueError, IndexError) as error:
     if isinstance(error, CompressedFileError):
@@ -120,32 +163,24 @@ def read_header(data):
   num_images, shape, batch_size, start_images, start_bytes = (
       values[0], tuple(values[1:4]), values[4], values[5], values[6])
   payload = data[position + 4:]
-  runs = list(zip(flat_runs[::2], flat_runs[1::2]))
-  if sum(count for _, count in runs) > min(num_images, 8 * len(data) + 64):
-    raise CompressedFileError('The file\'s header is damaged (more batches than '
-                              'images or bytes).')
-  batches = tuple(size for size, count in runs for _ in range(count))
-  if (len(checksum) != 4 or min(shape) < 1 or int(np.prod(shape)) > MAX_DIMS or
-      start_images + sum(batches) != num_images or num_images < 1 or
-      any(not 1 <= size <= batch_size for size in batches) or
-      start_bytes > len(payload) + 4):
+  header = Header(precisions, model, platform, num_images, shape, batch_size,
+                  start_images, start_bytes, Ramp(values[7], values[8]), checksum)
+  bits_back = start_images < num_images
+  if (len(checksum) != 4 or min(shape) < 1 or
+      batch_size * int(np.prod(shape)) > MAX_DIMS or
+      not 1 <= start_images <= num_images or batch_size < 1 or
+      (bits_back and header.ramp.take < 1) or start_bytes > len(payload) + 4):
     raise CompressedFileError('The file\'s header is damaged or truncated (its '
                               'counts do not add up).')
-  if (batches and len(payload) % 4) or (not batches and len(payload) != start_bytes):
+  if bits_back:
+    try:  # every batch leaves words on the stack: no more batches than bits
+      header.batches(most_batches=8 * len(data) + 64)
+    except ValueError:
+      raise CompressedFileError('The file\'s header is damaged (more batches than '
+                                'the file has bits).') from None
+  if (bits_back and len(payload) % 4) or (not bits_back and len(payload) != start_bytes):
     raise CompressedFileError('The file is truncated or has bytes appended.')
-  header = Header(precisions, model, platform, num_images, shape, batch_size,
-                  start_images, start_bytes, batches, checksum)
   return header, payload
-
-
-def _runs(sizes):
-  runs = []
-  for size in sizes:
-    if runs and runs[-1][0] == size:
-      runs[-1][1] += 1
-    else:
-      runs.append([size, 1])
-  return runs
 
 
 def varints(values):

@@ -22,7 +22,8 @@ states. The chain's start: bits back needs bits to take back, so the first
 images are coded by a conventional lossless codec (WebP lossless,
 image_codec.py) and the stack starts from those bytes (HiLLoC, Townsend et
 al. 2020): enough images for the first batch of one, then batches that grow
-as the stack does, up to B. The decoder, having coded every batch back, is
+as the stack does, up to B, by a rule the decoder replays
+(compressed_file.Ramp). The decoder, having coded every batch back, is
 left with exactly those bytes. When the codec alone makes a smaller file,
 the file is the codec's. The file: compressed_file.py. A wrong model is
 refused by its fingerprint; a truncated or damaged file fails to decode or
@@ -41,12 +42,14 @@ from real_nvp.ans_stream import StackExhausted, Stream
 from real_nvp.coding_maps import AffineMap, CodingError
 from real_nvp.coding_steps import (GaussianPrior, SigmoidStep, decode_affine,
                                    decode_monotone, encode_affine, encode_monotone)
-from real_nvp.compressed_file import (CompressedFileError, Header, Precisions,
-                                      images_checksum, platform_fingerprint, read_header)
+from real_nvp.compressed_file import (MAX_DIMS, CompressedFileError, Header, Precisions,
+                                      Ramp, images_checksum, platform_fingerprint,
+                                      read_header)
 
 __all__ = ['Compressor', 'Precisions', 'CompressedFileError', 'read_header']
 
-_MARGIN = 1.15  # a batch is sized for this many times the bits per image measured
+_MARGIN = 1.15  # a batch is sized for this many times the bits an image took back
+_GAIN_SHARE = 0.75  # the ramp counts on this share of the bits an image left
 _CODEC_CHECK_IMAGES = 1024  # up to here the codec-only file is always tried
 
 
@@ -88,6 +91,10 @@ class Compressor:
   def __init__(self, model, precisions=Precisions(), batch_size=64, fallback=True):
     if not isinstance(batch_size, int) or batch_size < 1:
       raise ValueError(f'batch_size={batch_size!r}: must be a positive integer.')
+    dims = int(np.prod(model.config.image_shape))
+    if batch_size * dims > MAX_DIMS:
+      raise ValueError(f'batch_size={batch_size}: a batch would hold {batch_size * dims} '
+                       f'values, more than {MAX_DIMS}; lower --batch_size.')
     self.model = model
     self.batch_size = batch_size
     self.fallback = fallback
@@ -122,30 +129,28 @@ class Compressor:
 
     `progress(images_done, num_images)`, if given, is called after each batch."""
     images = self._check_images(images)
-    per_image = self._bits_per_image(images[:min(self.batch_size, len(images))])
-    start = self._start_images(images, per_image)
-    stream, batches = None, []
+    ramp = self._ramp(images[:min(self.batch_size, len(images))])
+    stream, start = None, self._start_images(images, ramp.take)
     while stream is None and start < len(images):
       start_bytes = image_codec.encode(images[:start])
       try:
-        stream, batches = self._encode_batches(images, start, start_bytes, per_image,
-                                               progress)
-      except StackExhausted:  # the first batches took more than measured
-        start = min(len(images), 2 * start)
-    if stream is None:
-      start_bytes, batches = image_codec.encode(images), ()
-    else:
-      payload = np.asarray(stream.words(), '<u4').tobytes()
-      if self.fallback and (len(images) <= _CODEC_CHECK_IMAGES or
-          len(payload) > 0.9 * len(start_bytes) * len(images) / start):
-        codec = image_codec.encode(images)
-        if len(codec) <= len(payload):
-          start_bytes, batches = codec, ()
-    if not batches:  # the codec's file: every image in the start, its bytes the payload
-      start, payload = len(images), start_bytes
+        stream = self._encode_batches(images, start, start_bytes, ramp, progress)
+      except _RampTooFast as slower:  # coded again from the start, with a slower ramp
+        ramp = slower.ramp
+        start = max(start, self._start_images(images, ramp.take))
+    payload = None if stream is None else np.asarray(stream.words(), '<u4').tobytes()
+    if payload is None or self.fallback and (
+        len(images) <= _CODEC_CHECK_IMAGES or
+        len(payload) > 0.9 * len(start_bytes) * len(images) / start):
+      codec = image_codec.encode(images)
+      if payload is None or len(codec) <= len(payload):
+        # the codec's file: every image in the start, its bytes the payload
+        start, start_bytes, payload, ramp = len(images), codec, codec, Ramp()
     header = Header(self.precisions, self._fingerprint, platform_fingerprint(_platform()),
                     len(images), images.shape[1:], self.batch_size, start,
-                    len(start_bytes), tuple(batches), images_checksum(images)).to_bytes()
+                    len(start_bytes), ramp, images_checksum(images))
+    batches = header.batches() if start < len(images) else ()
+    header = header.to_bytes()
     data = header + payload
     return data, {'num_images': int(images.shape[0]),
                   'num_dims': int(np.prod(images.shape[1:])),
@@ -153,70 +158,59 @@ class Compressor:
                   'start_images': start, 'start_bits': 8 * len(start_bytes),
                   'batch_size': self.batch_size, 'batches': len(batches)}
 
-  def _bits_per_image(self, batch):
-    """The most bits an image of `batch` takes back before it gives any: a
-    batch coded on a stack of random bits, its lowest point measured."""
+  def _ramp(self, batch):
+    """The ramp of batch sizes from a dry run of `batch` on a stack of random
+    bits: the most bits an image takes back before it gives any (its lowest
+    point), and the bits it leaves, with margins."""
     bits = batch.size * (self.precisions.latent + 64) + 4096
     words = np.random.default_rng(0).integers(1, 2 ** 32, bits // 32, np.uint32)
     stream = Stream(encoding=True, words=words)
     before = stream.valid_bits()
     self._encode_batch(stream, batch)
-    return (before - stream.low_water) / len(batch)
+    take = (before - stream.low_water) / len(batch)
+    gain = (stream.valid_bits() - before) / len(batch)
+    return Ramp(math.ceil(_MARGIN * take) + 1, max(0, math.floor(_GAIN_SHARE * gain)))
 
-  def _start_images(self, images, per_image):
+  def _start_images(self, images, take):
     """The fewest first images whose codec bytes hold what one image takes."""
     count = 1
-    while count < len(images) and 8 * len(image_codec.encode(images[:count])) < (
-        _MARGIN * per_image + 64):
+    while count < len(images) and 8 * len(image_codec.encode(images[:count])) < take + 64:
       count = min(len(images), 2 * count)
     low = count // 2 + 1 if count > 1 else 1
     while low < count:  # the smallest that holds enough
       middle = (low + count) // 2
-      if 8 * len(image_codec.encode(images[:middle])) >= _MARGIN * per_image + 64:
+      if 8 * len(image_codec.encode(images[:middle])) >= take + 64:
         count = middle
       else:
         low = middle + 1
     return count
 
-  def _encode_batches(self, images, start, start_bytes, per_image, progress):
-    """The bits-back batches after the chain's start; StackExhausted if even a
-    batch of one finds too few bits."""
+  def _encode_batches(self, images, start, start_bytes, ramp, progress):
+    """The bits-back batches after the chain's start, on a stack that starts
+    from its bytes, sized by `ramp`; _RampTooFast if a batch finds fewer bits
+    than the ramp assumed."""
     stream = Stream(encoding=True, initial=start_bytes)
-    position, batches = start, []
-    while position < len(images):
-      size = int(min(self.batch_size, len(images) - position,
-                     max(1, stream.valid_bits() // (_MARGIN * per_image))))
-      ramping = stream.valid_bits() < 4 * _MARGIN * per_image * self.batch_size
-      saved = stream.clone() if ramping else None
+    start_bits, position = 8 * len(start_bytes), start
+    for size in ramp.sizes(len(images) - start, self.batch_size, start_bits):
       before = stream.valid_bits()
-      stream.low_water = before
       try:
         self._encode_batch(stream, images[position:position + size])
       except StackExhausted:
-        if saved is None:
-          raise CodingError('A batch took back far more bits than those before it.') \
-              from None
-        if size == 1:
-          raise
-        stream = saved
-        per_image *= 2
-        continue
-      per_image = max(per_image, (before - stream.low_water) / size)
-      batches.append(size)
+        raise _RampTooFast(ramp, position - start, before - start_bits) from None
       position += size
       if progress:
         progress(position, len(images))
-    return stream, batches
+    return stream
 
   def decode(self, data, allow_platform_mismatch=False, progress=None):
     """bytes -> uint8 images [N, H, W, C], checked against the header's checksum."""
     header, payload = read_header(data)
     self._check_header(header, allow_platform_mismatch)
     try:
-      if header.batches:
+      if header.start_images < header.num_images:
         stream = Stream(encoding=False, words=np.frombuffer(payload, '<u4'))
         parts, done = [], header.start_images
-        for size in reversed(header.batches):
+        for size in reversed(header.batches()):
           parts.append(self._decode_batch(stream, size, header.image_shape))
           done += size
           if progress:
@@ -344,6 +338,17 @@ class Compressor:
                              autograph=False)
       self._graphs[layer] = function.get_concrete_function(*spec)
     return self._graphs[layer](*([x] if context is None else [x, context]))
+
+
+class _RampTooFast(Exception):
+  """A batch found fewer bits than `ramp` assumed, after `done` images had
+  left `gained` bits on the stack. `.ramp`: the ramp to code again with: the
+  gain that was measured, with its margin, and a larger take."""
+
+  def __init__(self, ramp, done, gained):
+    super().__init__()
+    gain = ramp.gain if not done else min(ramp.gain, math.floor(_GAIN_SHARE * gained / done))
+    self.ramp = Ramp(math.ceil(_MARGIN * ramp.take), max(0, gain))
 
 
 class _Coded:

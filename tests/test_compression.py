@@ -206,8 +206,46 @@ def test_round_trip_is_lossless_over_batches(models, dequantization, images):
     assert info['file_bits'] == 8 * len(blob)
   assert info['start_images'] < 30 and info['batches'] >= 2
   header = compressed_file.read_header(blob)[0]
-  assert header.batch_size == 4 and max(header.batches) <= 4
-  assert sum(header.batches) + header.start_images == 30
+  assert header.batch_size == 4 and max(header.batches()) <= 4
+  assert sum(header.batches()) + header.start_images == 30
+
+
+def test_the_ramp_is_replayed_from_two_numbers():
+  """The batch sizes follow min(B, left, max(1, (S + done·gain) // take)),
+  batch by batch; the header lists none of them."""
+  def one_by_one(ramp, count, batch_size, start_bits):
+    sizes, done = [], 0
+    while done < count:
+      sizes.append(min(batch_size, count - done,
+                       max(1, (start_bits + done * ramp.gain) // ramp.take)))
+      done += sizes[-1]
+    return tuple(sizes)
+  rng = np.random.default_rng(0)
+  for _ in range(2000):
+    ramp = compressed_file.Ramp(int(rng.integers(1, 5000)), int(rng.integers(0, 600)))
+    count, batch_size, start_bits = (int(v) for v in rng.integers(1, [3000, 100, 20000]))
+    assert ramp.sizes(count, batch_size, start_bits) == one_by_one(
+        ramp, count, batch_size, start_bits)
+  sizes = compressed_file.Ramp(30000, 3000).sizes(1000, 64, 35000)
+  assert sizes[:4] == (1, 1, 1, 1) and sizes[-2] == 64 and sum(sizes) == 1000
+  with pytest.raises(ValueError, match='more batches'):
+    compressed_file.Ramp(10 ** 9, 0).sizes(2 ** 60, 64, 8, most_batches=10 ** 6)
+
+
+def test_a_ramp_that_runs_out_of_bits_is_coded_again_more_slowly(models, monkeypatch):
+  """A ramp counting on far more bits than the images leave exhausts the
+  stack; the encoder codes again with the gain it measured, and the file
+  decodes."""
+  images = data.load_dataset('digits').eval.images[:40]
+  compressor = Compressor(models['uniform'], batch_size=8, fallback=False)
+  measured = compressor._ramp(images[:8])  # pylint: disable=protected-access
+  too_fast = compressed_file.Ramp(measured.take, 40 * measured.gain)
+  monkeypatch.setattr(compressor, '_ramp', lambda batch: too_fast)
+  blob, info = compressor.encode(images)
+  assert info['batches'] >= 2 and info['start_images'] < 20
+  ramp = compressed_file.read_header(blob)[0].ramp
+  assert ramp.take > too_fast.take and ramp.gain < too_fast.gain
+  np.testing.assert_array_equal(Compressor(models['uniform']).decode(blob), images)
 
 
 @pytest.mark.parametrize('dequantization', ['uniform', 'variational'])
@@ -347,7 +385,9 @@ def test_a_hostile_header_is_refused_before_anything_is_allocated(models):
   images = data.load_dataset('digits').eval.images[:12]
   blob, _ = Compressor(models['uniform'], batch_size=4, fallback=False).encode(images)
   header, payload = compressed_file.read_header(blob)
-  for changes in ({'num_images': 10 ** 11}, {'batches': (4,) * 10 ** 6},
+  for changes in ({'num_images': 10 ** 11},
+                  {'num_images': 10 ** 6, 'ramp': compressed_file.Ramp(10 ** 9, 0)},
+                  {'num_images': 2 ** 41, 'batch_size': 2 ** 40},
                   {'image_shape': (2 ** 20, 2 ** 20, 3)}, {'start_bytes': 2 ** 40}):
     forged = compressed_file.Header(**{**header.__dict__, **changes}).to_bytes() + payload
     with pytest.raises(CompressedFileError):
