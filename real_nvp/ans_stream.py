@@ -56,9 +56,12 @@ class Stream:
 
   def decode_uniform(self, sizes):
     """int64 indices i < sizes (elementwise) from the stream."""
-    sizes = _check_sizes(sizes)
+    sizes, direct, large = _plan(sizes)
+    if direct is None:  # every size one symbol: no masks
+      index = self._ans.decode(self._uniform, sizes.astype(np.int32)).astype(np.int64)
+      self._check_not_exhausted()
+      return index
     index = np.zeros(sizes.shape, np.int64)
-    direct, large = _plan(sizes)
     if direct.any():
       index[direct] = self._ans.decode(self._uniform, sizes[direct].astype(np.int32))
       self._check_not_exhausted()
@@ -70,11 +73,13 @@ class Stream:
 
   def encode_uniform(self, index, sizes):
     """Inverse of decode_uniform."""
-    sizes = _check_sizes(sizes)
+    sizes, direct, large = _plan(sizes)
     index = np.asarray(index, np.int64).ravel()
     if np.any((index < 0) | (index >= sizes)):
       raise ValueError('A uniform index is outside its range.')
-    direct, large = _plan(sizes)
+    if direct is None:
+      self._ans.encode_reverse(index.astype(np.int32), self._uniform, sizes.astype(np.int32))
+      return
     if large.any():
       split = _Split(sizes[large])
       high = index[large] >> split.shift
@@ -140,21 +145,27 @@ def _bytes_to_words(data):
   return np.frombuffer(padded, '<u4').astype(np.uint32)
 
 
-def _check_sizes(sizes):
-  sizes = np.asarray(sizes, np.int64).ravel()
-  if sizes.size and (sizes.min() < 1 or sizes.max() > MAX_UNIFORM):
-    raise ValueError(f'A uniform size is outside [1, 2^48] ({sizes.min()}, {sizes.max()}).')
-  return sizes
-
-
 def _plan(sizes):
-  """Boolean masks (direct, large): one uniform symbol (sizes up to 2^12,
-  uniform to 2^-12 at constriction's 24-bit precision, or powers of two up
-  to 2^24, exact), and the rest (see _Split). Size 1 is neither: it codes
-  nothing."""
-  power_of_two = (sizes & (sizes - 1)) == 0
-  direct = (sizes > 1) & ((sizes <= _DIRECT) | (power_of_two & (sizes <= 2 ** 24)))
-  return direct, (sizes > 1) & ~direct
+  """(sizes as flat int64, direct, large): boolean masks of the sizes coded
+  as one uniform symbol (up to 2^12, uniform to 2^-12 at constriction's
+  24-bit precision, or powers of two up to 2^24, exact) and of the rest (see
+  _Split); size 1 is neither: it codes nothing. (sizes, None, None) when
+  every size is one symbol, the common case."""
+  sizes = np.asarray(sizes, np.int64).ravel()
+  if not sizes.size:
+    return sizes, np.zeros(0, bool), np.zeros(0, bool)
+  low, high = sizes.min(), sizes.max()
+  if low < 1 or high > MAX_UNIFORM:
+    raise ValueError(f'A uniform size is outside [1, 2^48] ({low}, {high}).')
+  power_of_two = None if high <= _DIRECT else (sizes & (sizes - 1)) == 0
+  if low > 1 and high <= 2 ** 24 and (power_of_two is None or np.all(
+      power_of_two | (sizes <= _DIRECT))):
+    return sizes, None, None
+  if power_of_two is None:
+    direct = sizes > 1
+  else:
+    direct = (sizes > 1) & ((sizes <= _DIRECT) | (power_of_two & (sizes <= 2 ** 24)))
+  return sizes, direct, (sizes > 1) & ~direct
 
 
 class _Split:

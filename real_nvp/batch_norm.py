@@ -127,13 +127,13 @@ class FlowBatchNorm(FlowLayer):
     return y * tf.exp(0.5 * log_var) + mean, self._log_det(y, log_var, 1.)
 
   def coding_map(self, x, context=None, tensors=None):
-    """y = (x - mean) / sqrt(var + eps) with the moving averages, per channel."""
-    del context, tensors
+    """y = (x - mean) / sqrt(var + eps) with the moving averages, per channel
+    (parameters [1, 1, 1, C], broadcast over x)."""
+    del x, context, tensors
     mean = self.moving_mean.numpy().astype(np.float64)
     scale = np.exp(-0.5 * np.log(self.moving_variance.numpy().astype(np.float64) +
                                  self.epsilon))
-    shape = tuple(x.shape)
-    return AffineMap(np.broadcast_to(scale, shape), np.broadcast_to(-mean * scale, shape))
+    return AffineMap(scale.reshape(1, 1, 1, -1), (-mean * scale).reshape(1, 1, 1, -1))
 
   def get_config(self):
     return {**super().get_config(), 'momentum': self.momentum,

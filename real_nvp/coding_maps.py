@@ -27,7 +27,7 @@ class CodingError(ValueError):
 
 class AffineMap:
   """y = x * scale + shift per element, scale > 0 (float64 arrays of the
-  layer's shape). `conditioning`: bool array [H, W, C] of the elements the
+  layer's shape, or that broadcast to it). `conditioning`: bool array [H, W, C] of the elements the
   parameters were computed from (the map is the identity there); a decoder
   recovers them first, then asks the layer for the map."""
 

@@ -59,27 +59,35 @@ _MISMATCH = ('the file does not match this model, or the computation differs '
              "from the encoder's (see docs/compression.md on portability)")
 
 
-def integer_scale(step_map, k):
-  """(mask, R, S, T) of an AffineMap on grid k: the transformed elements and
-  their int64 integer scale transform (see the module docstring)."""
-  scale = step_map.scale
-  mask = np.ones(scale.shape, bool)
+def integer_scale(step_map, k, shape):
+  """(mask, R, S, T) of an AffineMap on grid k for values of `shape`: the
+  transformed elements (bool of `shape`; None: all of them) and their int64
+  integer scale transform, flat over them (see the module docstring). A
+  map whose parameters broadcast (batch norm's, per channel) is worked out
+  once per parameter."""
+  scale, shift = step_map.scale, step_map.shift
+  mask = None
   if step_map.conditioning is not None:
-    mask &= ~np.broadcast_to(step_map.conditioning, scale.shape)
-  scale = scale[mask]
-  # One of R, S a power of two (exact), the other 12 bits (uniform to 2^-12).
-  exponent = np.floor(np.log2(scale))
-  up = scale >= 1.
-  power = np.where(up, np.minimum(24., 12. + exponent), np.minimum(24., 11. - exponent))
-  with np.errstate(over='ignore'):
-    other = np.maximum(1., np.round(np.where(up, 2. ** power / scale, scale * 2. ** power)))
-  r = np.where(up, 2. ** power, other)
-  s = np.where(up, other, 2. ** power)
-  shift = np.round(step_map.shift[mask] * 2. ** k)
+    mask = ~np.broadcast_to(step_map.conditioning, shape)
+    scale, shift = np.broadcast_to(scale, shape)[mask], np.broadcast_to(shift, shape)[mask]
+  # One of R, S a power of two (exact), the other 12 bits (uniform to 2^-12):
+  # scale = m 2^e with m in [0.5, 1); at or above 1, R = 2^(11 + e) and
+  # S = round(2^11 / m); below, S = 2^(12 - e) and R = round(m 2^12).
+  mantissa, exponent = np.frexp(scale)
+  up = exponent >= 1
+  power = np.minimum(24, np.where(up, 11 + exponent, 12 - exponent))
+  other = np.maximum(1., np.rint(np.ldexp(np.where(up, 1. / mantissa, mantissa),
+                                          np.where(up, power - exponent, power + exponent))))
+  power = np.left_shift(1, power, dtype=np.int64)
+  other = other.astype(np.int64)
+  shift = np.rint(shift * 2. ** k)
   if np.abs(shift).max(initial=0.) >= 2. ** 52:
     raise CodingError('A layer\'s shift is beyond the latent grid\'s range; lower '
                       '--latent_precision.')
-  return mask, r.astype(np.int64), s.astype(np.int64), shift.astype(np.int64)
+  parts = np.where(up, power, other), np.where(up, other, power), shift.astype(np.int64)
+  if mask is None:
+    parts = tuple(np.broadcast_to(part, shape).ravel() for part in parts)
+  return (mask,) + parts
 
 
 def _check_range(values, factor):
@@ -88,28 +96,38 @@ def _check_range(values, factor):
                       '--latent_precision.')
 
 
+def _transformed(values, mask):
+  return values.ravel() if mask is None else values[mask]
+
+
+def _with_transformed(values, mask, transformed):
+  if mask is None:
+    return transformed.reshape(values.shape)
+  out = values.copy()
+  out[mask] = transformed
+  return out
+
+
 def encode_affine(stream, step_map, x, k):
   """Data-side integers x (array) -> latent-side integers on the same grid."""
-  mask, r_size, s_size, shift = integer_scale(step_map, k)
-  x_b = x[mask]
+  mask, r_size, s_size, shift = integer_scale(step_map, k, x.shape)
+  x_b = _transformed(x, mask)
   _check_range(x_b, r_size)
   v = x_b * r_size + stream.decode_uniform(r_size)
-  stream.encode_uniform(v % s_size, s_size)
-  y = x.copy()
-  y[mask] = v // s_size + shift
-  return y
+  quotient, remainder = np.divmod(v, s_size)
+  stream.encode_uniform(remainder, s_size)
+  return _with_transformed(x, mask, quotient + shift)
 
 
 def decode_affine(stream, step_map, y, k):
   """Inverse of `encode_affine`."""
-  mask, r_size, s_size, shift = integer_scale(step_map, k)
-  y_b = y[mask] - shift
+  mask, r_size, s_size, shift = integer_scale(step_map, k, y.shape)
+  y_b = _transformed(y, mask) - shift
   _check_range(y_b, s_size)
   v = y_b * s_size + stream.decode_uniform(s_size)
-  stream.encode_uniform(v % r_size, r_size)
-  x = y.copy()
-  x[mask] = v // r_size
-  return x
+  quotient, remainder = np.divmod(v, r_size)
+  stream.encode_uniform(remainder, r_size)
+  return _with_transformed(y, mask, quotient)
 
 
 def _cells(step_map, x, k_in, k_out):

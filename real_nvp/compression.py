@@ -329,15 +329,20 @@ class Compressor:
 
   def _traced(self, layer, x, context):
     """layer.coding_tensors(x, context) as one graph per layer, traced once for
-    any batch size, so that every batch on both sides runs the same kernels."""
+    any batch size, so that every batch on both sides runs the same kernels;
+    () without a call for the layers that compute none (batch norm, the
+    logit)."""
     if layer not in self._graphs:
-      spec = [tf.TensorSpec([None] + x.shape[1:], x.dtype)]
+      spec = [tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype)]
       if context is not None:
-        spec.append(tf.TensorSpec([None] + context.shape[1:], context.dtype))
+        spec.append(tf.TensorSpec((None,) + tuple(context.shape[1:]), context.dtype))
       function = tf.function(lambda *inputs: layer.coding_tensors(*inputs),
-                             autograph=False)
-      self._graphs[layer] = function.get_concrete_function(*spec)
-    return self._graphs[layer](*([x] if context is None else [x, context]))
+                             autograph=False).get_concrete_function(*spec)
+      self._graphs[layer] = function if function.structured_outputs else None
+    function = self._graphs[layer]
+    if function is None:
+      return ()
+    return function(*([x] if context is None else [x, context]))
 
 
 class _RampTooFast(Exception):
@@ -380,11 +385,11 @@ class _StepCoder(flow_tree.Visitor):
     if permutation is not None:
       move = permutation.inverse_fn if inverse else permutation.forward
       return _Coded(move(value.h), value.k, context)
-    kept = np.zeros_like(value.h)
     conditioning = layer.coding_conditioning(value.h.shape[1:])
-    if conditioning is not None:  # what the map is computed from, known to both sides
-      kept[:, conditioning] = value.h[:, conditioning]
-    x = _floats(kept, value.k)
+    if conditioning is None:  # the map depends on no value of x
+      x = np.zeros(value.h.shape, np.float32)
+    else:  # what the map is computed from, known to both sides
+      x = _floats(np.where(conditioning, value.h, 0), value.k)
     step_map = layer.coding_map(x, value.context, self.traced(layer, x, value.context))
     latent = self.precisions.latent
     if isinstance(step_map, AffineMap):
@@ -410,5 +415,6 @@ class _StepCoder(flow_tree.Visitor):
 
 
 def _floats(x, k):
-  """Grid integers -> float32 tensor of their values (correctly rounded)."""
-  return tf.constant((x.astype(np.float64) * 2. ** -k).astype(np.float32))
+  """Grid integers -> float32 tensor of their values (correctly rounded: one
+  rounding to float32, then an exact power of two)."""
+  return tf.constant(x.astype(np.float32) * np.float32(2. ** -k))

@@ -19,7 +19,9 @@ __all__ = ['encode', 'decode', 'mosaic', 'CodecError']
 
 MAX_PER_MOSAIC = 4096
 _MAX_SIDE = 16383
-_METHOD = 6  # libwebp's slowest, smallest lossless setting
+# libwebp's method 5 at quality 100: method 6 adds an exhaustive search that
+# gave the same size (within 0.03 % on 32x32 photo patches) 12 times slower.
+_METHOD = 5
 
 
 class CodecError(ValueError):

@@ -88,7 +88,7 @@ def test_an_affine_step_is_exact_and_costs_minus_log2_of_its_scale(name):
   k = 16
   x = np.random.default_rng(2).integers(-2 ** 16, 2 ** 16, step_map.scale.shape)
   x[0, 0, 0, :] = [-2 ** 16, 2 ** 16]  # the largest values
-  mask, r, s, shift = coding_steps.integer_scale(step_map, k)
+  mask, r, s, shift = coding_steps.integer_scale(step_map, k, x.shape)
   assert not mask[:, np.arange(32).reshape(4, 4, 2) % 3 == 0].any()
   stream = ans_stream.Stream(encoding=True, words=_random_words(20000))
   before = stream.valid_bits()

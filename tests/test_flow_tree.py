@@ -125,9 +125,10 @@ def test_the_file_container_needs_no_tensorflow():
       'spec = importlib.util.spec_from_file_location("cf", "real_nvp/compressed_file.py")\n'
       'cf = importlib.util.module_from_spec(spec); spec.loader.exec_module(cf)\n'
       'header = cf.Header(cf.Precisions(16, 24, 6), b"abcd", b"p", 300, (8, 8, 1), 64,\n'
-      '                   10, 5, (1, 1, 2) + (64,) * 4 + (30,), b"wxyz")\n'
+      '                   10, 5, cf.Ramp(300, 40), b"wxyz")\n'
       'back, payload = cf.read_header(header.to_bytes() + bytes(8))\n'
       'assert back == header and payload == bytes(8), back\n'
+      'assert sum(back.batches()) == 290 and max(back.batches()) <= 64\n'
       'assert "tensorflow" not in sys.modules and "numpy" in sys.modules\n'
       'print("ok")')
   assert result.stdout.strip() == 'ok', result.stderr[-2000:]
