@@ -8,7 +8,9 @@ the coder's speed beside the model's own scoring rate.
 For each model directory (its --checkpoint, best by default, and its own
 held-out split) and each N (the first N images): `Compressor` encode and
 decode at --coder_batch_size on the bits-back path (checked equal; the file
-a user gets is the smaller of that and WebP's, as the fallback picks), the bound on the same images (the
+a user gets is the smaller of that and WebP's, as the fallback picks), their
+rates once each layer's graph is traced (as the scoring rate is; the
+tracing, once per process and model, is the `set-up` column), the bound on the same images (the
 mean over --draws single draws, K = 1) and the importance-weighted estimate
 (K = --dequant_samples), the model's scoring rate at the same batch
 (`bits_per_dim_estimates`, K = 1, traced once), and PNG (Pillow,
@@ -120,10 +122,13 @@ def _measure(model_dir):
     # the smaller of it and the codec's (what Compressor's fallback picks).
     compressor = Compressor(model, batch_size=batch, fallback=False)
     start = time.perf_counter()
+    compressor.decode(compressor.encode(split[:1])[0])  # traces every layer's graph
+    set_up_seconds = time.perf_counter() - start
+    start = time.perf_counter()
     blob, info = compressor.encode(images)
     encode_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    decoded = Compressor(model).decode(blob)
+    decoded = compressor.decode(blob)
     decode_seconds = time.perf_counter() - start
     if not np.array_equal(decoded, images):
       raise AssertionError(f'{model_dir}: N={count} did not decode to the same images')
@@ -142,7 +147,7 @@ def _measure(model_dir):
         'bits_back_file': info['file_bits'] / dims,
         'net': (info['file_bits'] - initial) / dims, 'initial_bits': initial,
         'start_images': info['start_images'], 'header_bits': info['header_bits'],
-        'encode_images_per_sec': count / encode_seconds,
+        'set_up_seconds': set_up_seconds, 'encode_images_per_sec': count / encode_seconds,
         'decode_images_per_sec': count / decode_seconds,
         'scoring_images_per_sec': _scoring_rate(model, images, batch),
         **({name: float('nan') for name in _CODEC_COLUMNS} if FLAGS.speed_only else
@@ -155,15 +160,16 @@ def main(argv):
   del argv
   rows = [row for model_dir in FLAGS.model_dirs for row in _measure(model_dir)]
   print('| run | deq | N | bound K=1 | IW K=16 | file (all-in) | bits-back file | net | '
-        'net / bound | start imgs | enc / dec / score img/s | PNG each / mosaic | '
+        'net / bound | start imgs | enc / dec / score img/s | set-up s | PNG each / mosaic | '
         'WebP each / mosaic | JPEG-XL each / mosaic |')
-  print('|' + '---|' * 14)
+  print('|' + '---|' * 15)
   for r in rows:
     print(f"| {r['run']} | {r['dequantization']} | {r['images']} | {r['bound']:.4f} | "
           f"{r['iw']:.4f} | {r['file']:.4f} | {r['bits_back_file']:.4f} | {r['net']:.4f} | "
           f"{r['net'] / r['bound']:.4f} | "
           f"{r['start_images']} | {r['encode_images_per_sec']:.0f} / "
           f"{r['decode_images_per_sec']:.0f} / {r['scoring_images_per_sec']:.0f} | "
+          f"{r['set_up_seconds']:.1f} | "
           f"{r['png_each']:.3f} / {r['png_mosaic']:.3f} | {r['webp_each']:.3f} / "
           f"{r['webp_mosaic']:.3f} | {r['jxl_each']:.3f} / {r['jxl_mosaic']:.3f} |")
   print(json.dumps({**hardware.cpu_info().to_json(), 'rows': rows}))
