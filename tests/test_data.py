@@ -78,6 +78,14 @@ def test_resumed_stream_equals_uninterrupted():
   assert not np.array_equal(other_seed, full[0])
 
 
+def test_the_training_stream_runs_without_the_autotuning_thread():
+  """Deleting an iterator waited for tf.data's autotuning thread to end its
+  period (30-37 s after 1,000 variational digits steps); without it the
+  stream is the same (test above) and as fast (measured in train.py's run)."""
+  options = data.train_dataset(data.load_dataset('digits'), 64, seed=0).options()
+  assert options.autotune.enabled is False
+
+
 def test_epochs_visit_every_example_once():
   images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
   source = data.in_memory_source('t', images, images[:2], 256, 'test')
