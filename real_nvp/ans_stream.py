@@ -11,7 +11,7 @@ it all back, gets them back exactly (`remaining_bytes`).
 
 An encoder that decodes more than the stack holds raises StackExhausted:
 its values came from the stack's empty bottom, not from bits, and the
-caller codes a smaller batch instead.
+caller codes again with smaller batches (compression.py).
 """
 
 import constriction
@@ -50,7 +50,7 @@ class Stream:
       self._ans = coder()
     self._uniform = constriction.stream.model.Uniform()
     self._categorical = constriction.stream.model.Categorical(perfect=False)
-    self.low_water = self.valid_bits()  # the fewest valid bits since it was last set
+    self.low_water = self.valid_bits()  # the fewest valid bits since the start
 
   # --- uniform indices ----------------------------------------------------------------
 
@@ -112,13 +112,6 @@ class Stream:
 
   def valid_bits(self):
     return int(self._ans.num_valid_bits())
-
-  def clone(self):
-    """A copy to go back to (the coder's state only)."""
-    other = object.__new__(Stream)
-    other.__dict__.update(self.__dict__)
-    other._ans = self._ans.clone()  # pylint: disable=protected-access
-    return other
 
   def words(self):
     """The compressed stream, uint32."""
