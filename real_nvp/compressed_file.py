@@ -8,8 +8,9 @@ LEB128 varints of the number of images, H, W, C, the batch size, the
 number of images in the chain's start and its byte length, and the two
 numbers of the ramp that sizes the bits-back batches (`Ramp`: the decoder
 replays it, so the header does not grow with the number of batches); 4
-bytes of SHA-256 over the images. Then the payload: the ANS stack's little-endian uint32 words, or,
-when every image is in the chain's start, its bytes (compression.py).
+bytes of SHA-256 over the images. Then the payload: the ANS stack's
+little-endian uint32 words, or, when every image is in the chain's start,
+its bytes (compression.py).
 """
 
 import dataclasses
