@@ -232,13 +232,18 @@ class GaussianPrior:
     level = np.searchsorted(starts, distance, side='right') - 1
     return level, distance - starts[level]
 
-  def encode(self, stream, z):
+  def encode(self, stream, z, noise=False):
     """The tails' levels deepest first, the bins, then the bits below them:
     the next batch takes its first bits back from the top of the stack, and
     the lowest bits are the most nearly uniform, so its noise is close to a
-    draw of q."""
+    draw of q. `noise`: z is a draw of the noise that the decoder gives back
+    (the variational dequantizer's ε): the bits below the bins go first, the
+    bins last (see `decode`)."""
     low_bits = self.k - self.bits
     flat = z.ravel()
+    low = flat & ((1 << low_bits) - 1)
+    if noise:
+      stream.encode_uniform(low, np.full(flat.shape, 1 << low_bits))
     bins = flat >> low_bits
     above, below = bins >= self._centre, bins < -self._centre
     tail = above | below
@@ -261,13 +266,19 @@ class GaussianPrior:
     symbols = np.where(above, 2 * self._centre + 1, np.where(below, 2 * self._centre,
                                                              bins + self._centre))
     stream.encode_categorical(symbols, self._models[0])
-    stream.encode_uniform(flat & ((1 << low_bits) - 1), np.full(flat.shape, 1 << low_bits))
+    if not noise:
+      stream.encode_uniform(low, np.full(flat.shape, 1 << low_bits))
 
-  def decode(self, stream, shape):
-    """Inverse of `encode`: int64 array of `shape`."""
+  def decode(self, stream, shape, noise=False):
+    """Inverse of `encode`: int64 array of `shape`. `noise`: a draw of noise
+    (bits back): the bins first, from the top of the stack, where the last
+    batch left its latents' uniform low bits; decoded after those, they
+    would read that batch's own bins back, coded under this same prior, and
+    the draw would follow that batch's latents instead of N(0, I)."""
     count = int(np.prod(shape))
     low_bits = self.k - self.bits
-    low = stream.decode_uniform(np.full(count, 1 << low_bits))
+    if not noise:
+      low = stream.decode_uniform(np.full(count, 1 << low_bits))
     symbols = stream.decode_categorical(self._models[0], count)
     bins = symbols - self._centre
     tail = symbols >= 2 * self._centre
@@ -286,6 +297,8 @@ class GaussianPrior:
       distance[going] = self._tail_end + (parts[0::2] << 24) + parts[1::2]
     above = symbols[tail] == 2 * self._centre + 1
     bins[tail] = np.where(above, self._centre + distance, -self._centre - 1 - distance)
+    if noise:
+      low = stream.decode_uniform(np.full(count, 1 << low_bits))
     return ((bins << low_bits) + low).reshape(shape)
 
 

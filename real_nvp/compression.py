@@ -303,8 +303,8 @@ class Compressor:
     """frac ~ q(.|x) on the grid 2^-k_u, decoded from the stream (bits back):
     ε under the prior, then ε -> v -> frac in decoding mode."""
     tree, context = self._u_side(batch)
-    eps = _Coded(self._prior.decode(stream, batch.shape), self.precisions.latent,
-                 context)
+    eps = _Coded(self._prior.decode(stream, batch.shape, noise=True),
+                 self.precisions.latent, context)
     return self._walk(stream, tree, eps, encoding=False).h
 
   def _give_back_variational(self, stream, images, frac):
@@ -312,7 +312,7 @@ class Compressor:
     tree, context = self._u_side(images)
     eps = self._walk(stream, tree, _Coded(frac, self.precisions.dequantization, context),
                      encoding=True)
-    self._prior.encode(stream, eps.h)
+    self._prior.encode(stream, eps.h, noise=True)
 
   def _u_side(self, images):
     """The dequantizer read from u's side: frac -> v = logit(frac) -> ε = g^-1(v)
