@@ -148,7 +148,7 @@ class Compressor:
     header = Header(self.precisions, self._fingerprint, platform_fingerprint(_platform()),
                     len(images), images.shape[1:], self.batch_size, start,
                     len(start_bytes), ramp, images_checksum(images))
-    batches = header.batches() if start < len(images) else ()
+    batches = header.batches()  # () for the codec's file: no image after the start
     header = header.to_bytes()
     data = header + payload
     return data, {'num_images': int(images.shape[0]),
