@@ -14,6 +14,11 @@ relative resolution of a, for 2^-13 < a < 2^12), and T = round(b 2^k):
             Y = floor(V / S) + T, q = V mod S encoded under Uniform(S);
     decode: q decoded, V = (Y - T) S + q, X = floor(V / R), r = V mod R encoded.
 
+The elements go in 8 runs, each decoded and encoded before the next: the
+stack dips by an eighth of what r takes over them (11 bits an element or
+more; the first images' batches grow with the inverse of that dip, see
+compressed_file.Ramp).
+
 Net cost log2 S - log2 R = -log2 a to the rounding of R / S, an error of
 either sign that the flow's density follows (the integer flow is an exact
 bijection with that log-det); both sizes are uniform to 2^-12 in
@@ -53,6 +58,7 @@ __all__ = ['encode_affine', 'decode_affine', 'encode_monotone', 'decode_monotone
 _CENTRE = 4  # the prior's first categorical: the bins of [-4, 4) and two tails
 _TAIL_END = 64.  # tail levels up to here, then uniform bits
 _SIGMOID_RANGE = 40.  # the variational dequantizer's v is cut to [-40, 40]
+_AFFINE_RUNS = 8  # an affine step codes its elements in this many runs (`_runs`)
 _EDGE_BITS = 12  # the first and last cells of a monotone step are coded this much finer
 _ESCAPE_SIZE = 2 ** 24  # an escaped bin's distance: two uniform parts of this size
 _MISMATCH = ('the file does not match this model, or the computation differs '
@@ -108,15 +114,25 @@ def _with_transformed(values, mask, transformed):
   return out
 
 
+def _runs(count):
+  """The slices an affine step codes its `count` elements in, one after the
+  other (see the module docstring)."""
+  bounds = [count * j // _AFFINE_RUNS for j in range(_AFFINE_RUNS + 1)]
+  return [slice(low, high) for low, high in zip(bounds, bounds[1:]) if high > low]
+
+
 def encode_affine(stream, step_map, x, k):
   """Data-side integers x (array) -> latent-side integers on the same grid."""
   mask, r_size, s_size, shift = integer_scale(step_map, k, x.shape)
   x_b = _transformed(x, mask)
   _check_range(x_b, r_size)
-  v = x_b * r_size + stream.decode_uniform(r_size)
-  quotient, remainder = np.divmod(v, s_size)
-  stream.encode_uniform(remainder, s_size)
-  return _with_transformed(x, mask, quotient + shift)
+  y_b = np.empty_like(x_b)
+  for run in _runs(x_b.size):
+    r_run, s_run = r_size[run], s_size[run]
+    v = x_b[run] * r_run + stream.decode_uniform(r_run)
+    y_b[run], remainder = np.divmod(v, s_run)
+    stream.encode_uniform(remainder, s_run)
+  return _with_transformed(x, mask, y_b + shift)
 
 
 def decode_affine(stream, step_map, y, k):
@@ -124,10 +140,13 @@ def decode_affine(stream, step_map, y, k):
   mask, r_size, s_size, shift = integer_scale(step_map, k, y.shape)
   y_b = _transformed(y, mask) - shift
   _check_range(y_b, s_size)
-  v = y_b * s_size + stream.decode_uniform(s_size)
-  quotient, remainder = np.divmod(v, r_size)
-  stream.encode_uniform(remainder, r_size)
-  return _with_transformed(y, mask, quotient)
+  x_b = np.empty_like(y_b)
+  for run in reversed(_runs(y_b.size)):
+    r_run, s_run = r_size[run], s_size[run]
+    v = y_b[run] * s_run + stream.decode_uniform(s_run)
+    x_b[run], remainder = np.divmod(v, r_run)
+    stream.encode_uniform(remainder, r_run)
+  return _with_transformed(y, mask, x_b)
 
 
 def _cells(step_map, x, k_in, k_out):

@@ -106,6 +106,7 @@ class Compressor:
     self._set_precisions(precisions)
     self._fingerprint = _model_fingerprint(model)
     self._graphs = {}
+    self._fixed_maps = {}  # the maps of layers that depend on no value (_StepCoder)
 
   def _set_precisions(self, precisions):
     config = self.model.config
@@ -337,7 +338,7 @@ class Compressor:
   def _walk(self, stream, tree, value, encoding):
     """Codes `value` through `tree`: data -> latent with the encoding steps
     (`encoding`), else latent -> data with the decoding ones."""
-    coder = _StepCoder(stream, self.precisions, encoding, self._traced)
+    coder = _StepCoder(stream, self.precisions, encoding, self._traced, self._fixed_maps)
     out = tree.walk(coder, value, inverse=not encoding)
     if out.h.shape != value.h.shape:
       raise CodingError('A flow tree changed the shape of what it codes.')
@@ -387,9 +388,9 @@ class _StepCoder(flow_tree.Visitor):
   ones. A layer walked against its own direction while encoding (or along it
   while decoding; an inverted node) is coded by its inverted map."""
 
-  def __init__(self, stream, precisions, encoding, traced):
+  def __init__(self, stream, precisions, encoding, traced, fixed_maps):
     self.stream, self.precisions, self.encoding = stream, precisions, encoding
-    self.traced = traced
+    self.traced, self.fixed_maps = traced, fixed_maps
 
   def steps(self, node, value, inverse):
     for layer in (reversed(node.layers) if inverse else node.layers):
@@ -403,11 +404,15 @@ class _StepCoder(flow_tree.Visitor):
       move = permutation.inverse_fn if inverse else permutation.forward
       return _Coded(move(value.h), value.k, context)
     conditioning = layer.coding_conditioning(value.h.shape[1:])
-    if conditioning is None:  # the map depends on no value of x
-      x = np.zeros(value.h.shape, np.float32)
+    if conditioning is None:  # the map depends on no value of x: asked for once
+      step_map = self.fixed_maps.get(layer)
+      if step_map is None:
+        x = np.zeros(value.h.shape, np.float32)
+        step_map = layer.coding_map(x, value.context, self.traced(layer, x, value.context))
+        self.fixed_maps[layer] = step_map
     else:  # what the map is computed from, known to both sides
       x = _floats(np.where(conditioning, value.h, 0), value.k)
-    step_map = layer.coding_map(x, value.context, self.traced(layer, x, value.context))
+      step_map = layer.coding_map(x, value.context, self.traced(layer, x, value.context))
     latent = self.precisions.latent
     if isinstance(step_map, AffineMap):
       if inverse == self.encoding:

@@ -87,7 +87,9 @@ class FlowLayer(keras.layers.Layer):
 
   def coding_conditioning(self, event_shape):
     """bool [H, W, C]: the elements `coding_map` depends on (coded first, by
-    the identity); None when the map depends on none."""
+    the identity); None when the map depends on none, nor on the context or
+    the batch's size (its parameters broadcast): the coder then asks for it
+    once."""
     del event_shape
 
   def coding_tensors(self, x, context=None):

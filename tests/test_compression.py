@@ -95,6 +95,14 @@ def test_an_affine_step_is_exact_and_costs_minus_log2_of_its_scale(name):
   y = coding_steps.encode_affine(stream, step_map, x, k)
   taken = before - stream.valid_bits()
   assert abs(taken - np.log2(r / s).sum()) < 0.01 * mask.sum() + 64
+  # coded in runs, the stack dips by one run's log2 R past what the runs
+  # before it took, not by log2 R over every element at once
+  runs = coding_steps._runs(int(mask.sum()))
+  before_run = np.cumsum([0.] + [np.log2(r[run] / s[run]).sum() for run in runs[:-1]])
+  deepest = max(b + np.log2(r[run]).sum() for b, run in zip(before_run, runs))
+  assert before - stream.low_water <= deepest + 0.01 * mask.sum() + 64
+  if name == 'near_one':
+    assert deepest < 0.25 * np.log2(r).sum()
   a = step_map.scale[mask]
   inside = (a > 2. ** -13) & (a < 2. ** 12)
   assert np.all(np.abs(np.log2(r / s) - np.log2(a))[inside] < 2. ** -10)
