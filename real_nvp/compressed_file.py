@@ -36,17 +36,18 @@ class CompressedFileError(ValueError):
 class Precisions:
   """Bits of the fixed-point grids (stored in the file's header).
 
-  dequantization: the noise u on the grid 2^-k_u (pixel units).
+  dequantization: the noise u on the grid 2^-k_u (pixel units); 0: chosen
+    from the model's dequantization (Compressor).
   latent: every value after the preprocessing on the grid 2^-k (the
     dequantizer's too); 0: chosen from the model's levels (Compressor).
   prior_bins: the prior's bins are 2^-prior_bins wide.
   """
-  dequantization: int = 8
+  dequantization: int = 0
   latent: int = 0
   prior_bins: int = 6
 
   def __post_init__(self):
-    for name, low, high in (('dequantization', 1, 24), ('latent', 0, 40),
+    for name, low, high in (('dequantization', 0, 24), ('latent', 0, 40),
                             ('prior_bins', 1, 10)):
       value = getattr(self, name)
       if not isinstance(value, int) or not low <= value <= high:

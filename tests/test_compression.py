@@ -297,6 +297,14 @@ def test_three_channels_and_constant_and_extreme_images_round_trip(dequantizatio
   np.testing.assert_array_equal(Compressor(model).decode(blob), images)
 
 
+def test_the_default_grids_follow_the_models_dequantization_and_levels(models):
+  # 17 levels: the latent grid is k_u + ceil(log2 170) = k_u + 8
+  assert Compressor(models['uniform']).precisions == Precisions(4, 12, 6)
+  assert Compressor(models['variational']).precisions == Precisions(8, 16, 6)
+  assert Compressor(models['uniform'], Precisions(dequantization=8)).precisions == (
+      Precisions(8, 16, 6))
+
+
 def test_another_precision_decodes_from_its_header(models):
   images = data.load_dataset('digits').eval.images[:12]
   compressor = Compressor(models['uniform'], Precisions(10, 22, 7), batch_size=5,
