@@ -20,6 +20,8 @@ import numpy as np
 
 __all__ = ['AffineMap', 'MonotoneMap', 'Permutation', 'CodingError']
 
+_TABLE_CELLS = 2 ** 16  # a monotone map keeps lo(X) of grids of up to this many cells
+
 
 class CodingError(ValueError):
   """A value cannot be coded at the chosen precisions (the message says which)."""
@@ -56,6 +58,7 @@ class MonotoneMap:
     self.forward, self.inverse = forward, inverse
     self.low, self.high = low, high
     self.latent_low, self.latent_high = latent_low, latent_high
+    self._tables = {}
 
   def _check(self, k_in, k_out):
     largest = max(abs(self.low), abs(self.high)) * 2. ** k_in
@@ -79,16 +82,40 @@ class MonotoneMap:
     """(first, last) data cell on grid k_in."""
     return self._limits(k_in, 0)[:2]
 
+  def _table(self, k_in, k_out):
+    """lo(X) of every cell X from the first to one past the last, when there
+    are at most _TABLE_CELLS (the data grid of a pixel's noise: L 2^k_u
+    cells), worked out once; else None."""
+    key = (k_in, k_out)
+    if key not in self._tables:
+      x_min, x_max, _, _ = self._limits(k_in, k_out)
+      self._tables[key] = (self._lower_edges(np.arange(x_min, x_max + 2), k_in, k_out)
+                           if x_max + 2 - x_min <= _TABLE_CELLS else None)
+    return self._tables[key]
+
   def data_cells(self, y, k_in, k_out):
-    """X = the data cell of each latent grid point Y (int64 arrays)."""
+    """X = the data cell of each latent grid point Y (int64 arrays): the last
+    X with lo(X) <= Y, so a Y drawn from [lo(X), lo(X + 1)) finds X."""
     self._check(k_in, k_out)
-    return self._cells(y, k_in, k_out)
+    table = self._table(k_in, k_out)
+    if table is None:
+      return self._cells(y, k_in, k_out)
+    x_min, x_max, _, _ = self._limits(k_in, k_out)
+    cells = np.searchsorted(table, np.asarray(y, np.int64), side='right') - 1 + x_min
+    return np.clip(cells, x_min, x_max)
 
   def lower_edges(self, x, k_in, k_out):
     """lo(X) = the first latent grid point whose cell is X or after, found
     by the decoder's own rounding (so exact by construction)."""
     self._check(k_in, k_out)
     x = np.asarray(x, np.int64)
+    table = self._table(k_in, k_out)
+    if table is None:
+      return self._lower_edges(x, k_in, k_out)
+    x_min, x_max, _, _ = self._limits(k_in, k_out)
+    return table[np.clip(x, x_min, x_max + 1) - x_min]
+
+  def _lower_edges(self, x, k_in, k_out):
     x_min, x_max, y_min, y_max = self._limits(k_in, k_out)
     with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
       guess = np.ceil(self.forward(x * 2. ** -k_in) * 2. ** k_out)

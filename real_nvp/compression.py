@@ -118,6 +118,7 @@ class Compressor:
     self._fingerprint = _model_fingerprint(model)
     self._graphs = {}
     self._fixed_maps = {}  # the maps of layers that depend on no value (_StepCoder)
+    self._u_tree = None  # the variational dequantizer's, read from u (_u_side)
 
   def _set_precisions(self, precisions):
     config = self.model.config
@@ -345,9 +346,10 @@ class Compressor:
     """The dequantizer read from u's side: frac -> v = logit(frac) -> ε = g^-1(v)
     (its flow tree inverted), and its context of the images."""
     dequantizer = self.model.dequantizer
-    tree = flow_tree.Chain([flow_tree.Steps([SigmoidStep()]),
-                            flow_tree.Inverted(dequantizer.flow)])
-    return tree, dequantizer.context(tf.constant(images))
+    if self._u_tree is None:
+      self._u_tree = flow_tree.Chain([flow_tree.Steps([SigmoidStep()]),
+                                      flow_tree.Inverted(dequantizer.flow)])
+    return self._u_tree, dequantizer.context(tf.constant(images))
 
   def _walk(self, stream, tree, value, encoding):
     """Codes `value` through `tree`: data -> latent with the encoding steps

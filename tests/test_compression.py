@@ -146,6 +146,27 @@ def test_a_monotone_step_is_exact_and_costs_its_cells_width(name):
   np.testing.assert_array_equal(stream.words(), _random_words(20000))
 
 
+@pytest.mark.parametrize('name', sorted(_monotone_cases()))
+def test_a_monotone_maps_table_of_cells_agrees_with_its_search(name):
+  """A grid of few cells keeps lo(X) of each in a table (coding_maps.py):
+  the same lo(X) as the search, and the same cell of every latent point."""
+  step_map = _monotone_cases()[name][0]
+  k_in, k_out = 4, 12
+  x_min, x_max = step_map.cell_limits(k_in)
+  cells = np.arange(x_min - 2, x_max + 3)
+  searched = coding_maps.MonotoneMap(step_map.forward, step_map.inverse, step_map.low,
+                                     step_map.high, step_map.latent_low,
+                                     step_map.latent_high)
+  searched._table = lambda k_in, k_out: None  # the search alone
+  lower = step_map.lower_edges(cells, k_in, k_out)
+  np.testing.assert_array_equal(lower, searched.lower_edges(cells, k_in, k_out))
+  y = np.concatenate([np.arange(lower[0] - 3, lower[0] + 300),
+                      np.arange(lower[-1] - 300, lower[-1] + 3),
+                      np.random.default_rng(0).integers(lower[0], lower[-1], 10000)])
+  np.testing.assert_array_equal(step_map.data_cells(y, k_in, k_out),
+                                searched.data_cells(y, k_in, k_out))
+
+
 def test_the_prior_follows_the_gaussian_far_into_its_tails():
   """Latents of N(0, s^2), s = 1, 3, 10 (an image the model does not know has
   such latents) cost what N(0, I) says, to 0.1 %; beyond |z| = 64 and up to
