@@ -436,6 +436,7 @@ def test_a_file_of_another_model_or_damaged_is_refused_in_one_line(models):
       'codec truncated': lambda: own.decode(codec_only[:-3]),
       'codec byte': lambda: own.decode(codec_only[:-5] + bytes([codec_only[-5] ^ 1]) +
                                        codec_only[-4:]),
+      'an older format': lambda: own.decode(blob[:2] + bytes([blob[2] - 1]) + blob[3:]),
   }
   for name, call in cases.items():
     with pytest.raises(CompressedFileError) as raised:
@@ -443,6 +444,8 @@ def test_a_file_of_another_model_or_damaged_is_refused_in_one_line(models):
     assert '\n' not in str(raised.value), name
   with pytest.raises(CompressedFileError, match='another model'):
     cases['another model']()
+  with pytest.raises(CompressedFileError, match='Format version 3 is not 4'):
+    cases['an older format']()
 
 
 def test_a_hostile_header_is_refused_before_anything_is_allocated(models):
