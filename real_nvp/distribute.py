@@ -3,6 +3,8 @@
 import tensorflow as tf
 from tensorflow.python.data.ops import multi_device_iterator_ops
 
+from real_nvp import data
+
 __all__ = ['STRATEGIES', 'get_strategy', 'is_chief', 'has_several_workers']
 
 STRATEGIES = ('mirrored', 'one_device', 'multi_worker', 'tpu')
@@ -12,9 +14,7 @@ def _without_autotune(create):
   """`create` (a function returning a tf.data dataset) whose datasets run
   without tf.data's autotune thread."""
   def create_without_autotune(*args, **kwargs):
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return create(*args, **kwargs).with_options(options)
+    return data.without_autotune(create(*args, **kwargs))
 
   create_without_autotune.without_autotune = True
   return create_without_autotune
@@ -27,8 +27,8 @@ def _device_datasets_without_autotune():
   runs tf.data's autotune thread, which nothing here tunes; deleting the
   iterator then waits out that thread's optimization period (TF 2.21: 30-38
   s after 20 steps of the CIFAR-10 preset, in four runs of five). The source
-  pipelines already turn autotune off (data.py); this does it for the
-  per-device datasets too. No element changes, only that thread."""
+  pipelines already turn autotune off (data.without_autotune); this does it
+  for the per-device datasets too. No element changes, only that thread."""
   create = getattr(multi_device_iterator_ops, '_create_device_dataset', None)
   if create is not None and not getattr(create, 'without_autotune', False):
     multi_device_iterator_ops._create_device_dataset = _without_autotune(create)  # pylint: disable=protected-access
