@@ -46,6 +46,15 @@ class AffineMap:
     """The map from the latent side to the data side (float64-rounded)."""
     return AffineMap(1. / self.scale, -self.shift / self.scale, self.conditioning)
 
+  def then(self, other):
+    """This map, then `other` (which conditions on nothing): y = (x a + b) c
+    + d = x (a c) + (b c + d), float64-rounded; the identity stays where
+    this one's is."""
+    if other.conditioning is not None:
+      raise ValueError('Only a map that conditions on nothing can follow another.')
+    return AffineMap(self.scale * other.scale, self.shift * other.scale + other.shift,
+                     self.conditioning)
+
 
 class MonotoneMap:
   """An increasing element-wise map y = forward(x) from the data interval

@@ -5,10 +5,11 @@ decodes from the stream) and (Y, what it encodes), so decoding is exact
 whatever the rounding; only the code length depends on how well the
 integers follow the float map.
 
-Affine steps (y = x a + b; couplings, batch norm) keep the grid, as an
-integer scale transform (iFlow, Zhang et al. 2021) with R / S ~= a, one of
-R, S a power of two up to 2^24, the other a 12-bit integer (a 2^-12
-relative resolution of a, for 2^-13 < a < 2^12), and T = round(b 2^k):
+Affine steps (y = x a + b; a coupling composed with the batch norm after
+it, compression.py) keep the grid, as an integer scale transform (iFlow,
+Zhang et al. 2021) with R / S ~= a, one of R, S a power of two up to 2^24,
+the other a 12-bit integer (a 2^-12 relative resolution of a, for 2^-13 <
+a < 2^12), and T = round(b 2^k):
 
     encode: r ~ Uniform(R) decoded (bits back), V = X R + r,
             Y = floor(V / S) + T, q = V mod S encoded under Uniform(S);
@@ -71,29 +72,35 @@ def integer_scale(step_map, k, shape):
   integer scale transform, flat over them (see the module docstring). A
   map whose parameters broadcast (batch norm's, per channel) is worked out
   once per parameter."""
-  scale, shift = step_map.scale, step_map.shift
   mask = None
   if step_map.conditioning is not None:
     mask = ~np.broadcast_to(step_map.conditioning, shape)
-    scale, shift = np.broadcast_to(scale, shape)[mask], np.broadcast_to(shift, shape)[mask]
-  # One of R, S a power of two (exact), the other 12 bits (uniform to 2^-12):
-  # scale = m 2^e with m in [0.5, 1); at or above 1, R = 2^(11 + e) and
-  # S = round(2^11 / m); below, S = 2^(12 - e) and R = round(m 2^12).
-  mantissa, exponent = np.frexp(scale)
-  up = exponent >= 1
-  power = np.minimum(24, np.where(up, 11 + exponent, 12 - exponent))
-  other = np.maximum(1., np.rint(np.ldexp(np.where(up, 1. / mantissa, mantissa),
-                                          np.where(up, power - exponent, power + exponent))))
-  power = np.left_shift(1, power, dtype=np.int64)
-  other = other.astype(np.int64)
+  scale, shift = np.broadcast_arrays(step_map.scale, step_map.shift)
+  if scale.size < math.prod(shape):
+    parts = _integer_parts(scale, shift, k)
+    return (mask,) + tuple(_transformed(np.broadcast_to(part, shape), mask) for part in parts)
+  return (mask,) + _integer_parts(_transformed(np.broadcast_to(scale, shape), mask),
+                                  _transformed(np.broadcast_to(shift, shape), mask), k)
+
+
+def _integer_parts(scale, shift, k):
+  """(R, S, T) of each scale and shift (arrays of one shape)."""
+  # One of R, S a power of two 2^p (exact), the other 12 bits (uniform to
+  # 2^-12): scale = m 2^e with m in [0.5, 1); at or above 1 (e >= 1),
+  # R = 2^p and S = round(2^p / scale) with p = 11 + e; below, S = 2^p and
+  # R = round(scale 2^p) with p = 12 - e; p at most 24. The power of two is
+  # the larger of the two, so each is the lesser of 2^p and its rounded
+  # quotient (min, not np.where: a mask of no pattern costs 4 ns an element).
+  exponent = np.frexp(scale)[1]
+  power = np.ldexp(1., np.minimum(24, 11 + np.maximum(exponent, 1 - exponent)))
+  with np.errstate(over='ignore'):  # scales beyond 2^1000: the quotient's inf is cut
+    r_size = np.minimum(power, np.maximum(1., np.rint(scale * power)))
+    s_size = np.minimum(power, np.maximum(1., np.rint(power / scale)))
   shift = np.rint(shift * 2. ** k)
   if np.abs(shift).max(initial=0.) >= 2. ** 52:
     raise CodingError('A layer\'s shift is beyond the latent grid\'s range; lower '
                       '--latent_precision.')
-  parts = np.where(up, power, other), np.where(up, other, power), shift.astype(np.int64)
-  if mask is None:
-    parts = tuple(np.broadcast_to(part, shape).ravel() for part in parts)
-  return (mask,) + parts
+  return r_size.astype(np.int64), s_size.astype(np.int64), shift.astype(np.int64)
 
 
 def _check_range(values, factor):

@@ -12,8 +12,10 @@ same batch on both sides, so both compute the same bits):
     walked ε -> v and its sigmoid v -> frac in decoding mode.
  2. The flow, local bits-back: u goes through the model's flow tree
     (`model.flow`): the logit preprocessing from the grid 2^-k_u to the
-    latent grid 2^-k, every coupling and batch norm as an integer scale
-    transform on that grid; the squeeze and the factor-out only move values.
+    latent grid 2^-k, every coupling with the batch norm after it as
+    integer scale transforms on that grid, one per element (the coupling's
+    transformed elements by the composed map, its kept ones by the batch
+    norm's; `_StepCoder`); the squeeze and the factor-out only move values.
  3. The prior: z under N(0, I) (`coding_steps.GaussianPrior`).
 
 The coder is a visitor of the flow trees (flow_tree.py). Net cost per image:
@@ -404,16 +406,105 @@ class _StepCoder(flow_tree.Visitor):
   """Codes each layer's map on `stream`: the encoding steps where the walk
   goes from the data side to the latent side (`encoding`), else the decoding
   ones. A layer walked against its own direction while encoding (or along it
-  while decoding; an inverted node) is coded by its inverted map."""
+  while decoding; an inverted node) is coded by its inverted map.
+
+  A conditioned affine layer (a coupling) and the value-free affine layers
+  right after it (its batch norm) are coded as one group (`_group`): its
+  transformed elements by the composed map, its kept ones by the value-free
+  part, instead of every element once per layer (a third fewer integer
+  scale transforms with one batch norm per coupling)."""
 
   def __init__(self, stream, precisions, encoding, traced, fixed_maps):
     self.stream, self.precisions, self.encoding = stream, precisions, encoding
     self.traced, self.fixed_maps = traced, fixed_maps
 
   def steps(self, node, value, inverse):
-    for layer in (reversed(node.layers) if inverse else node.layers):
-      value = self._layer(layer, value, inverse)
+    # Groups are found in the walk's order, the same on either walk: data ->
+    # latent, a conditioned layer and the fixed affine layers after it;
+    # latent -> data, fixed affine layers and the conditioned layer before.
+    layers = list(reversed(node.layers)) if inverse else node.layers
+    i = 0
+    while i < len(layers):
+      if inverse:
+        j = i
+        while j < len(layers) and self._fixed_affine(layers[j], value):
+          j += 1
+        grouped = i < j < len(layers) and self._conditioned(layers[j], value)
+        group = layers[i:j + 1][::-1] if grouped else layers[i:i + 1]
+      else:
+        j = i + 1
+        if self._conditioned(layers[i], value):
+          while j < len(layers) and self._fixed_affine(layers[j], value):
+            j += 1
+        group = layers[i:j]
+      if len(group) > 1:
+        value = self._group(group[0], group[1:], value, inverse)
+      else:
+        value = self._layer(group[0], value, inverse)
+      i += len(group)
     return value
+
+  def _conditioned(self, layer, value):
+    return (layer.permutation() is None and
+            layer.coding_conditioning(value.h.shape[1:]) is not None)
+
+  def _fixed_affine(self, layer, value):
+    return (layer.permutation() is None and
+            layer.coding_conditioning(value.h.shape[1:]) is None and
+            isinstance(self._fixed_map(layer, value), AffineMap))
+
+  def _fixed_map(self, layer, value):
+    """The map of a layer that depends on no value: asked for once."""
+    step_map = self.fixed_maps.get(layer)
+    if step_map is None:
+      x = np.zeros(value.h.shape, np.float32)
+      step_map = layer.coding_map(x, value.context, self.traced(layer, x, value.context))
+      self.fixed_maps[layer] = step_map
+    return step_map
+
+  def _conditioned_map(self, layer, h, k, context):
+    """The map of a conditioned layer, from what it conditions on in h (known
+    to both sides)."""
+    conditioning = layer.coding_conditioning(h.shape[1:])
+    x = _floats(np.where(conditioning, h, 0), k)
+    return layer.coding_map(x, context, self.traced(layer, x, context))
+
+  def _affine(self, step_map, h, k, inverse):
+    """h through an affine map (data -> latent), or its inverse where the walk
+    goes against the coding direction."""
+    if inverse == self.encoding:
+      step_map = step_map.inverse()
+    code = encode_affine if self.encoding else decode_affine
+    return code(self.stream, step_map, h, k)
+
+  def _group(self, head, fixed, value, inverse):
+    """A conditioned affine layer then value-free affine ones, data -> latent:
+    y = x (a c) + (b c + d) where the head transforms (a, b from the kept
+    elements x_K), y = x c + d on x_K. Data -> latent codes the transformed
+    elements, then the kept ones; latent -> data the kept ones first, which
+    gives x_K back for the head's map."""
+    key = tuple(fixed)
+    tail = self.fixed_maps.get(key)
+    if tail is None:
+      tail = self._fixed_map(fixed[0], value)
+      for layer in fixed[1:]:
+        tail = tail.then(self._fixed_map(layer, value))
+      self.fixed_maps[key] = tail
+    layers = [head] + list(fixed)
+    data_context = (layer_run.advance_context(layers, value.context, inverse=True)
+                    if inverse else value.context)
+    kept = AffineMap(tail.scale, tail.shift,
+                     conditioning=~head.coding_conditioning(value.h.shape[1:]))
+    h = value.h
+    if inverse:
+      h = self._affine(kept, h, value.k, inverse)
+    head_map = self._conditioned_map(head, h, value.k, data_context)
+    if not isinstance(head_map, AffineMap):
+      raise CodingError(f'{type(head).__name__} is conditioned but not affine.')
+    h = self._affine(head_map.then(tail), h, value.k, inverse)
+    if not inverse:
+      h = self._affine(kept, h, value.k, inverse)
+    return _Coded(h, value.k, layer_run.advance_context(layers, value.context, inverse))
 
   def _layer(self, layer, value, inverse):
     context = layer_run.advance_context([layer], value.context, inverse)
@@ -421,25 +512,15 @@ class _StepCoder(flow_tree.Visitor):
     if permutation is not None:
       move = permutation.inverse_fn if inverse else permutation.forward
       return _Coded(move(value.h), value.k, context)
-    conditioning = layer.coding_conditioning(value.h.shape[1:])
-    if conditioning is None:  # the map depends on no value of x: asked for once
-      step_map = self.fixed_maps.get(layer)
-      if step_map is None:
-        x = np.zeros(value.h.shape, np.float32)
-        step_map = layer.coding_map(x, value.context, self.traced(layer, x, value.context))
-        self.fixed_maps[layer] = step_map
-    else:  # what the map is computed from, known to both sides
-      x = _floats(np.where(conditioning, value.h, 0), value.k)
-      step_map = layer.coding_map(x, value.context, self.traced(layer, x, value.context))
-    latent = self.precisions.latent
+    if layer.coding_conditioning(value.h.shape[1:]) is None:
+      step_map = self._fixed_map(layer, value)
+    else:
+      step_map = self._conditioned_map(layer, value.h, value.k, value.context)
     if isinstance(step_map, AffineMap):
-      if inverse == self.encoding:
-        step_map = step_map.inverse()
-      code = encode_affine if self.encoding else decode_affine
-      return _Coded(code(self.stream, step_map, value.h, value.k), value.k, context)
+      return _Coded(self._affine(step_map, value.h, value.k, inverse), value.k, context)
     if inverse == self.encoding:
       raise CodingError(f'{type(layer).__name__} cannot be coded inverted.')
-    data = self.precisions.dequantization
+    data, latent = self.precisions.dequantization, self.precisions.latent
     if self.encoding:
       return _Coded(encode_monotone(self.stream, step_map, value.h, data, latent),
                     latent, context)

@@ -242,6 +242,44 @@ def test_each_layer_describes_its_coding_map():
   np.testing.assert_allclose(batch_norm.coding_map(x).scale[0, 0, 0], expected, rtol=1e-3)
 
 
+def test_a_coupling_and_its_batch_norm_are_coded_as_one_affine_step(models, monkeypatch):
+  """Each element goes through one integer scale transform per coupling and
+  its batch norm (the transformed ones by the composed map, the kept ones
+  by the batch norm's), not one per layer; the composed map is the two
+  maps one after the other."""
+  rng = np.random.default_rng(0)
+  first = coding_maps.AffineMap(np.exp(rng.normal(size=(2, 4, 4, 2))),
+                                rng.normal(size=(2, 4, 4, 2)),
+                                conditioning=rng.random((4, 4, 2)) < 0.5)
+  second = coding_maps.AffineMap(np.array([2., 0.5]), np.array([1., -3.]))
+  x = rng.normal(size=(2, 4, 4, 2))
+  both = first.then(second)
+  np.testing.assert_allclose(x * both.scale + both.shift,
+                             (x * first.scale + first.shift) * second.scale + second.shift)
+  assert both.conditioning is first.conditioning
+
+  model = models['uniform']
+  layers = model.flow.all_layers()
+  couplings = sum(isinstance(layer, Coupling) for layer in layers)
+  assert couplings and sum(isinstance(layer, FlowBatchNorm) for layer in layers) == couplings
+  transformed = []
+  integer_scale = coding_steps.integer_scale
+
+  def counted(step_map, k, shape):
+    parts = integer_scale(step_map, k, shape)
+    transformed.append((parts[1].size, math.prod(shape)))
+    return parts
+
+  monkeypatch.setattr(coding_steps, 'integer_scale', counted)
+  images = data.load_dataset('digits').eval.images[:4]
+  compressor = Compressor(model, batch_size=4, fallback=False)
+  stream = ans_stream.Stream(encoding=True, words=_random_words(1 << 14))
+  compressor._encode_batch(stream, images)  # pylint: disable=protected-access
+  assert len(transformed) == 2 * couplings  # the transformed elements, then the kept ones
+  for (changed, size), (kept, same_size) in zip(transformed[::2], transformed[1::2]):
+    assert changed + kept == size == same_size
+
+
 # --- whole images in batches -------------------------------------------------------
 
 
@@ -444,7 +482,7 @@ def test_a_file_of_another_model_or_damaged_is_refused_in_one_line(models):
     assert '\n' not in str(raised.value), name
   with pytest.raises(CompressedFileError, match='another model'):
     cases['another model']()
-  with pytest.raises(CompressedFileError, match='Format version 3 is not 4'):
+  with pytest.raises(CompressedFileError, match='Format version 4 is not 5'):
     cases['an older format']()
 
 
