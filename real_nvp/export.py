@@ -31,7 +31,9 @@ export is written to a temporary directory and renamed into place, so the
 export directory is always complete or absent.
 """
 
+import contextlib
 import json
+import logging
 import os
 
 import tensorflow as tf
@@ -136,8 +138,24 @@ def export_saved_model(model, export_dir):
                  'encode', 'decode')}
 
   def write(directory):
-    tf.saved_model.save(module, directory, signatures=signatures)
+    with _tensorflow_warnings_only():
+      tf.saved_model.save(module, directory, signatures=signatures)
     with open(os.path.join(directory, 'real_nvp_config.json'), 'w') as f:
       json.dump(json.loads(model.config.to_json()), f, indent=2, sort_keys=True)
 
   return storage.export_atomically(write, export_dir)
+
+
+@contextlib.contextmanager
+def _tensorflow_warnings_only():
+  """TensorFlow's own INFO lines while saving say nothing to a user: three of
+  them list every captured variable of a signature (kilobytes each, that
+  the export renames), the others where the assets and the fingerprint
+  went. Its warnings still show."""
+  logger = tf.get_logger()
+  level = logger.level
+  logger.setLevel(max(level, logging.WARNING))
+  try:
+    yield
+  finally:
+    logger.setLevel(level)

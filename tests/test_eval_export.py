@@ -260,10 +260,14 @@ _LOADER = textwrap.dedent('''
 
 
 @BOTH_DEQUANTIZERS
-def test_saved_model_loads_and_scores_without_the_project(run, request, tmp_path):
+def test_saved_model_loads_and_scores_without_the_project(run, request, tmp_path, caplog):
   _, model, _ = request.getfixturevalue(run)
   export_dir = str(tmp_path / 'saved_model')
-  export.export_saved_model(model, export_dir)
+  with caplog.at_level(logging.INFO, logger='tensorflow'):
+    export.export_saved_model(model, export_dir)
+    assert tf.get_logger().level == logging.INFO
+  # TensorFlow's INFO lines while saving (kilobytes of renamed inputs) are kept out.
+  assert not [r for r in caplog.records if r.name == 'tensorflow' and r.levelno < logging.WARNING]
   images = data.load_dataset('digits').eval.images[:6]
   pixels = images.astype(np.float32) + 0.25
   expected = {'images': images.tolist(), 'pixels': pixels.tolist()}
