@@ -37,6 +37,7 @@ import logging
 import os
 
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from real_nvp import checkpoints, storage
 from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
@@ -150,12 +151,17 @@ def export_saved_model(model, export_dir):
 def _tensorflow_warnings_only():
   """TensorFlow's own INFO lines while saving say nothing to a user: three of
   them list every captured variable of a signature (kilobytes each, that
-  the export renames), the others where the assets and the fingerprint
-  went. Its warnings still show."""
-  logger = tf.get_logger()
+  the export renames), the others where the assets, the shards and the
+  fingerprint went. They come through TensorFlow's logger and through
+  absl's (which this project logs with too, but not while saving); absl's
+  through its verbosity, which the save itself reads and sets back while
+  listing each object's functions. Warnings still show."""
+  logger, verbosity = tf.get_logger(), absl_logging.get_verbosity()
   level = logger.level
   logger.setLevel(max(level, logging.WARNING))
+  absl_logging.set_verbosity(min(verbosity, absl_logging.WARNING))  # absl: lower is quieter
   try:
     yield
   finally:
     logger.setLevel(level)
+    absl_logging.set_verbosity(verbosity)

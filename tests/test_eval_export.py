@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import logging as absl_logging
 from PIL import Image
 
 from real_nvp import checkpoints, data, distribute, export, figures, preset
@@ -263,11 +264,14 @@ _LOADER = textwrap.dedent('''
 def test_saved_model_loads_and_scores_without_the_project(run, request, tmp_path, caplog):
   _, model, _ = request.getfixturevalue(run)
   export_dir = str(tmp_path / 'saved_model')
-  with caplog.at_level(logging.INFO, logger='tensorflow'):
+  with caplog.at_level(logging.INFO, logger='tensorflow'), \
+       caplog.at_level(logging.INFO, logger='absl'):
+    before = tf.get_logger().level, absl_logging.get_verbosity()
     export.export_saved_model(model, export_dir)
-    assert tf.get_logger().level == logging.INFO
+    assert (tf.get_logger().level, absl_logging.get_verbosity()) == before
   # TensorFlow's INFO lines while saving (kilobytes of renamed inputs) are kept out.
-  assert not [r for r in caplog.records if r.name == 'tensorflow' and r.levelno < logging.WARNING]
+  assert not [(r.name, r.getMessage()[:80]) for r in caplog.records
+              if f'{os.sep}tensorflow{os.sep}' in r.pathname and r.levelno < logging.WARNING]
   images = data.load_dataset('digits').eval.images[:6]
   pixels = images.astype(np.float32) + 0.25
   expected = {'images': images.tolist(), 'pixels': pixels.tolist()}
