@@ -462,10 +462,9 @@ class _StepCoder(flow_tree.Visitor):
       self.fixed_maps[layer] = step_map
     return step_map
 
-  def _conditioned_map(self, layer, h, k, context):
-    """The map of a conditioned layer, from what it conditions on in h (known
-    to both sides)."""
-    conditioning = layer.coding_conditioning(h.shape[1:])
+  def _conditioned_map(self, layer, conditioning, h, k, context):
+    """The map of a conditioned layer, from what it conditions on in h (the
+    elements `conditioning`, known to both sides)."""
     x = _floats(np.where(conditioning, h, 0), k)
     return layer.coding_map(x, context, self.traced(layer, x, context))
 
@@ -493,12 +492,12 @@ class _StepCoder(flow_tree.Visitor):
     layers = [head] + list(fixed)
     data_context = (layer_run.advance_context(layers, value.context, inverse=True)
                     if inverse else value.context)
-    kept = AffineMap(tail.scale, tail.shift,
-                     conditioning=~head.coding_conditioning(value.h.shape[1:]))
+    conditioning = head.coding_conditioning(value.h.shape[1:])
+    kept = AffineMap(tail.scale, tail.shift, conditioning=~conditioning)
     h = value.h
     if inverse:
       h = self._affine(kept, h, value.k, inverse)
-    head_map = self._conditioned_map(head, h, value.k, data_context)
+    head_map = self._conditioned_map(head, conditioning, h, value.k, data_context)
     if not isinstance(head_map, AffineMap):
       raise CodingError(f'{type(head).__name__} is conditioned but not affine.')
     h = self._affine(head_map.then(tail), h, value.k, inverse)
@@ -512,10 +511,11 @@ class _StepCoder(flow_tree.Visitor):
     if permutation is not None:
       move = permutation.inverse_fn if inverse else permutation.forward
       return _Coded(move(value.h), value.k, context)
-    if layer.coding_conditioning(value.h.shape[1:]) is None:
+    conditioning = layer.coding_conditioning(value.h.shape[1:])
+    if conditioning is None:
       step_map = self._fixed_map(layer, value)
     else:
-      step_map = self._conditioned_map(layer, value.h, value.k, value.context)
+      step_map = self._conditioned_map(layer, conditioning, value.h, value.k, value.context)
     if isinstance(step_map, AffineMap):
       return _Coded(self._affine(step_map, value.h, value.k, inverse), value.k, context)
     if inverse == self.encoding:

@@ -149,9 +149,9 @@ def export_saved_model(model, export_dir):
 
 @contextlib.contextmanager
 def _tensorflow_warnings_only():
-  """TensorFlow's own INFO lines while saving say nothing to a user: three of
-  them list every captured variable of a signature (kilobytes each, that
-  the export renames), the others where the assets, the shards and the
+  """TensorFlow's own INFO lines while saving say nothing to a user: one per
+  signature lists every captured variable (kilobytes each, that the export
+  renames), the others where the assets, the shards and the
   fingerprint went. They come through TensorFlow's logger and through
   absl's (which this project logs with too, but not while saving); absl's
   through its verbosity, which the save itself reads and sets back while
