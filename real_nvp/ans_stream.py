@@ -17,7 +17,7 @@ caller codes again with smaller batches (compression.py).
 import constriction
 import numpy as np
 
-__all__ = ['Stream', 'StackExhausted', 'MAX_UNIFORM']
+__all__ = ['Stream', 'StackExhausted', 'UniformSizes', 'MAX_UNIFORM']
 
 MAX_UNIFORM = 2 ** 48  # the largest size of a uniform index
 _DIRECT = 2 ** 12  # sizes up to this are one uniform symbol (see _plan)
@@ -55,12 +55,14 @@ class Stream:
   # --- uniform indices ----------------------------------------------------------------
 
   def decode_uniform(self, sizes):
-    """int64 indices i < sizes (elementwise) from the stream."""
-    sizes, direct, large = _plan(sizes)
-    if direct is None:  # every size one symbol: no masks
-      index = self._ans.decode(self._uniform, sizes.astype(np.int32)).astype(np.int64)
+    """int64 indices i < sizes (elementwise) from the stream; `sizes` an
+    array or UniformSizes."""
+    plan = sizes if isinstance(sizes, UniformSizes) else UniformSizes(sizes)
+    if plan.symbols is not None:  # every size one symbol: no masks
+      index = self._ans.decode(self._uniform, plan.symbols).astype(np.int64)
       self._check_not_exhausted()
       return index
+    sizes, direct, large = plan.sizes, plan.direct, plan.large
     index = np.zeros(sizes.shape, np.int64)
     if direct.any():
       index[direct] = self._ans.decode(self._uniform, sizes[direct].astype(np.int32))
@@ -73,12 +75,13 @@ class Stream:
 
   def encode_uniform(self, index, sizes):
     """Inverse of decode_uniform."""
-    sizes, direct, large = _plan(sizes)
+    plan = sizes if isinstance(sizes, UniformSizes) else UniformSizes(sizes)
+    sizes, direct, large = plan.sizes, plan.direct, plan.large
     index = np.asarray(index, np.int64).ravel()
     if np.any((index < 0) | (index >= sizes)):
       raise ValueError('A uniform index is outside its range.')
-    if direct is None:
-      self._ans.encode_reverse(index.astype(np.int32), self._uniform, sizes.astype(np.int32))
+    if plan.symbols is not None:
+      self._ans.encode_reverse(index.astype(np.int32), self._uniform, plan.symbols)
       return
     if large.any():
       split = _Split(sizes[large])
@@ -136,6 +139,25 @@ class Stream:
 def _bytes_to_words(data):
   padded = bytes(data) + b'\0' * (-len(data) % 4)
   return np.frombuffer(padded, '<u4').astype(np.uint32)
+
+
+class UniformSizes:
+  """Sizes of uniform indices, planned once (`_plan`): an affine step codes
+  its elements in runs (coding_steps.py), each a slice of one plan."""
+
+  def __init__(self, sizes, plan=None):
+    self.sizes, self.direct, self.large = plan or _plan(sizes)
+    # one int32 array of symbols when every size is one (the common case)
+    self.symbols = self.sizes.astype(np.int32) if self.direct is None else None
+
+  def __getitem__(self, part):
+    """The plan of the sizes[part] (a slice)."""
+    sliced = UniformSizes.__new__(UniformSizes)
+    sliced.sizes = self.sizes[part]
+    sliced.direct, sliced.large = ((None, None) if self.direct is None
+                                   else (self.direct[part], self.large[part]))
+    sliced.symbols = None if self.symbols is None else self.symbols[part]
+    return sliced
 
 
 def _plan(sizes):

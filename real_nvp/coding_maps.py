@@ -28,23 +28,39 @@ class CodingError(ValueError):
 
 
 class AffineMap:
-  """y = x * scale + shift per element, scale > 0 (float64 arrays of the
-  layer's shape, or that broadcast to it). `conditioning`: bool array [H, W, C] of the elements the
-  parameters were computed from (the map is the identity there); a decoder
-  recovers them first, then asks the layer for the map."""
+  """y = x * scale + shift per element, scale > 0 (float64 arrays).
 
-  def __init__(self, scale, shift, conditioning=None):
+  `conditioning`: bool array [H, W, C] of the elements the parameters were
+  computed from (the map is the identity there); a decoder recovers them
+  first, then asks the layer for the map. The parameters broadcast to the
+  values' shape [B, H, W, C]; or, `transformed_only`, they are those of
+  the other elements alone, [B, n] in C order of ~conditioning (what a
+  coupling's network gives: half the elements)."""
+
+  def __init__(self, scale, shift, conditioning=None, transformed_only=False):
     scale = np.asarray(scale, np.float64)
     shift = np.asarray(shift, np.float64)
     if not np.all(np.isfinite(scale) & (scale > 0)) or not np.all(np.isfinite(shift)):
       raise CodingError('A layer\'s coding map has a scale that is not finite '
                         'and positive, or a shift that is not finite.')
+    if transformed_only and (conditioning is None or scale.ndim != 2):
+      raise ValueError('A map of the transformed elements only needs their '
+                       'conditioning and parameters [B, n].')
     self.scale, self.shift = scale, shift
     self.conditioning = conditioning
+    self.transformed_only = transformed_only
+
+  def transformed_parameters(self, event_shape):
+    """(scale, shift), each [1 or B, n]: the parameters of the elements the
+    map transforms (all of them without conditioning), in C order."""
+    if self.transformed_only:
+      return self.scale, self.shift
+    return _at_transformed((self.scale, self.shift), self.conditioning, tuple(event_shape))
 
   def inverse(self):
     """The map from the latent side to the data side (float64-rounded)."""
-    return AffineMap(1. / self.scale, -self.shift / self.scale, self.conditioning)
+    return AffineMap(1. / self.scale, -self.shift / self.scale, self.conditioning,
+                     self.transformed_only)
 
   def then(self, other):
     """This map, then `other` (which conditions on nothing): y = (x a + b) c
@@ -52,8 +68,27 @@ class AffineMap:
     this one's is."""
     if other.conditioning is not None:
       raise ValueError('Only a map that conditions on nothing can follow another.')
-    return AffineMap(self.scale * other.scale, self.shift * other.scale + other.shift,
-                     self.conditioning)
+    if not self.transformed_only:
+      return AffineMap(self.scale * other.scale, self.shift * other.scale + other.shift,
+                       self.conditioning)
+    # `other` read where this map transforms: its parameters broadcast over
+    # the batch, so that costs an image's worth, not a batch's
+    scale, shift = _at_transformed((other.scale, other.shift), self.conditioning,
+                                   self.conditioning.shape)
+    return AffineMap(self.scale * scale, self.shift * scale + shift, self.conditioning,
+                     transformed_only=True)
+
+
+def _at_transformed(parameters, conditioning, event_shape):
+  """Each of `parameters` (broadcasting to [B, H, W, C]) at the elements
+  outside `conditioning` (all without), [1 or B, n] in C order."""
+  mask = (np.ones(event_shape, bool) if conditioning is None
+          else ~np.broadcast_to(conditioning, event_shape))
+  parts = []
+  for values in parameters:
+    values = values.reshape((1,) * (1 + len(event_shape) - values.ndim) + values.shape)
+    parts.append(np.broadcast_to(values, values.shape[:1] + event_shape)[:, mask])
+  return tuple(parts)
 
 
 class MonotoneMap:

@@ -51,6 +51,7 @@ import math
 import constriction
 import numpy as np
 
+from real_nvp.ans_stream import UniformSizes
 from real_nvp.coding_maps import CodingError, MonotoneMap
 
 __all__ = ['encode_affine', 'decode_affine', 'encode_monotone', 'decode_monotone',
@@ -62,6 +63,7 @@ _SIGMOID_RANGE = 40.  # the variational dequantizer's v is cut to [-40, 40]
 _AFFINE_RUNS = 8  # an affine step codes its elements in this many runs (`_runs`)
 _EDGE_BITS = 12  # the first and last cells of a monotone step are coded this much finer
 _ESCAPE_SIZE = 2 ** 24  # an escaped bin's distance: two uniform parts of this size
+_POWERS_OF_TWO = 2. ** np.arange(25)  # 2^p by lookup: 4x faster than np.ldexp
 _MISMATCH = ('the file does not match this model, or the computation differs '
              "from the encoder's (see docs/compression.md on portability)")
 
@@ -70,17 +72,15 @@ def integer_scale(step_map, k, shape):
   """(mask, R, S, T) of an AffineMap on grid k for values of `shape`: the
   transformed elements (bool of `shape`; None: all of them) and their int64
   integer scale transform, flat over them (see the module docstring). A
-  map whose parameters broadcast (batch norm's, per channel) is worked out
-  once per parameter."""
+  map whose parameters broadcast over the batch (batch norm's) is worked
+  out for one image."""
   mask = None
   if step_map.conditioning is not None:
     mask = ~np.broadcast_to(step_map.conditioning, shape)
-  scale, shift = np.broadcast_arrays(step_map.scale, step_map.shift)
-  if scale.size < math.prod(shape):
-    parts = _integer_parts(scale, shift, k)
-    return (mask,) + tuple(_transformed(np.broadcast_to(part, shape), mask) for part in parts)
-  return (mask,) + _integer_parts(_transformed(np.broadcast_to(scale, shape), mask),
-                                  _transformed(np.broadcast_to(shift, shape), mask), k)
+  scale, shift = step_map.transformed_parameters(shape[1:])
+  count = shape[0] * scale.shape[1]
+  return (mask,) + tuple(np.broadcast_to(part, (shape[0], part.shape[1])).reshape(count)
+                         for part in _integer_parts(scale, shift, k))
 
 
 def _integer_parts(scale, shift, k):
@@ -92,7 +92,7 @@ def _integer_parts(scale, shift, k):
   # the larger of the two, so each is the lesser of 2^p and its rounded
   # quotient (min, not np.where: a mask of no pattern costs 4 ns an element).
   exponent = np.frexp(scale)[1]
-  power = np.ldexp(1., np.minimum(24, 11 + np.maximum(exponent, 1 - exponent)))
+  power = _POWERS_OF_TWO[np.minimum(24, 11 + np.maximum(exponent, 1 - exponent))]
   with np.errstate(over='ignore'):  # scales beyond 2^1000: the quotient's inf is cut
     r_size = np.minimum(power, np.maximum(1., np.rint(scale * power)))
     s_size = np.minimum(power, np.maximum(1., np.rint(power / scale)))
@@ -134,11 +134,11 @@ def encode_affine(stream, step_map, x, k):
   x_b = _transformed(x, mask)
   _check_range(x_b, r_size)
   y_b = np.empty_like(x_b)
+  r_plan, s_plan = UniformSizes(r_size), UniformSizes(s_size)
   for run in _runs(x_b.size):
-    r_run, s_run = r_size[run], s_size[run]
-    v = x_b[run] * r_run + stream.decode_uniform(r_run)
-    y_b[run], remainder = np.divmod(v, s_run)
-    stream.encode_uniform(remainder, s_run)
+    v = x_b[run] * r_size[run] + stream.decode_uniform(r_plan[run])
+    y_b[run], remainder = np.divmod(v, s_size[run])
+    stream.encode_uniform(remainder, s_plan[run])
   return _with_transformed(x, mask, y_b + shift)
 
 
@@ -148,11 +148,11 @@ def decode_affine(stream, step_map, y, k):
   y_b = _transformed(y, mask) - shift
   _check_range(y_b, s_size)
   x_b = np.empty_like(y_b)
+  r_plan, s_plan = UniformSizes(r_size), UniformSizes(s_size)
   for run in reversed(_runs(y_b.size)):
-    r_run, s_run = r_size[run], s_size[run]
-    v = y_b[run] * s_run + stream.decode_uniform(s_run)
-    x_b[run], remainder = np.divmod(v, r_run)
-    stream.encode_uniform(remainder, r_run)
+    v = y_b[run] * s_size[run] + stream.decode_uniform(s_plan[run])
+    x_b[run], remainder = np.divmod(v, r_size[run])
+    stream.encode_uniform(remainder, r_plan[run])
   return _with_transformed(y, mask, x_b)
 
 
@@ -202,11 +202,12 @@ def encode_monotone(stream, step_map, x, k_in, k_out):
   the cell decoded first)."""
   flat = x.ravel()
   refine = _edge_refinement(step_map, flat, k_in, k_out)
-  fine = (flat << refine) + stream.decode_uniform(1 << refine)
-  lower, counts = np.empty_like(flat), np.empty_like(flat)
-  for bits in np.unique(refine):
-    at = refine == bits
-    lower[at], counts[at] = _counts(step_map, fine[at], k_in + int(bits), k_out)
+  edge = np.flatnonzero(refine)  # the rest decode nothing here (size 1)
+  fine = flat.copy()
+  fine[edge] = (flat[edge] << refine[edge]) + stream.decode_uniform(1 << refine[edge])
+  lower, counts = _counts(step_map, flat, k_in, k_out)
+  for bits, at in _by_refinement(refine, edge):
+    lower[at], counts[at] = _counts(step_map, fine[at], k_in + bits, k_out)
   y = lower + stream.decode_uniform(counts)
   return y.reshape(x.shape)
 
@@ -216,17 +217,24 @@ def decode_monotone(stream, step_map, y, k_in, k_out):
   flat = y.ravel()
   x = step_map.data_cells(flat, k_in, k_out)
   refine = _edge_refinement(step_map, x, k_in, k_out)
-  fine, lower, counts = (np.empty_like(flat) for _ in range(3))
-  for bits in np.unique(refine):
-    at = refine == bits
-    fine[at] = step_map.data_cells(flat[at], k_in + int(bits), k_out)
-    lower[at], counts[at] = _counts(step_map, fine[at], k_in + int(bits), k_out)
+  edge = np.flatnonzero(refine)
+  fine = x.copy()
+  lower, counts = _counts(step_map, x, k_in, k_out)
+  for bits, at in _by_refinement(refine, edge):
+    fine[at] = step_map.data_cells(flat[at], k_in + bits, k_out)
+    lower[at], counts[at] = _counts(step_map, fine[at], k_in + bits, k_out)
   index = flat - lower
-  if np.any((index < 0) | (index >= counts)) or np.any((fine >> refine) != x):
+  if np.any((index < 0) | (index >= counts)) or np.any((fine[edge] >> refine[edge]) != x[edge]):
     raise CodingError(f'A decoded value lies outside its cell: {_MISMATCH}.')
   stream.encode_uniform(index, counts)
-  stream.encode_uniform(fine & ((1 << refine) - 1), 1 << refine)
+  stream.encode_uniform(fine[edge] & ((1 << refine[edge]) - 1), 1 << refine[edge])
   return x.reshape(y.shape)
+
+
+def _by_refinement(refine, edge):
+  """(bits, positions) of the refined elements `edge`, by their bits."""
+  bits = refine[edge]
+  return [(int(b), edge[bits == b]) for b in np.unique(bits)]
 
 
 class GaussianPrior:

@@ -104,19 +104,25 @@ class Coupling(FlowLayer):
     return self.partition.kept_mask(event_shape)
 
   def coding_tensors(self, x, context=None):
-    """(s, t) [B, H, W, C] in inference mode, zero on the kept dimensions."""
+    """(s, t) [B, n] in inference mode: those of the transformed dimensions
+    (C order of ~coding_conditioning), computed from the kept ones."""
     raw = self._params(x, context, training=False)
     log_scale, shift = self.transform.affine_parameters(raw)
     zeros = tf.zeros_like(x)
-    return self.partition.merge(zeros, log_scale), self.partition.merge(zeros, shift)
+    transformed = np.flatnonzero(~self.coding_conditioning(x.shape[1:]))
+    return tuple(tf.gather(tf.reshape(self.partition.merge(zeros, values), [tf.shape(x)[0], -1]),
+                           transformed, axis=1)
+                 for values in (log_scale, shift))
 
   def coding_map(self, x, context=None, tensors=None):
-    """y_b = x_b exp(s) + t as an element-wise map (inference mode); the
-    identity on the kept dimensions, from which s and t are computed."""
+    """y_b = x_b exp(s) + t as an element-wise map of the transformed
+    dimensions (inference mode); the identity on the kept dimensions, from
+    which s and t are computed."""
     log_scale, shift = tensors if tensors is not None else self.coding_tensors(x, context)
     return AffineMap(np.exp(np.asarray(log_scale, np.float64)),
                      np.asarray(shift, np.float64),
-                     conditioning=self.partition.kept_mask(x.shape[1:]))
+                     conditioning=self.coding_conditioning(x.shape[1:]),
+                     transformed_only=True)
 
   def regularized_weights(self):
     return self.st_net.gains

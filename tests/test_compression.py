@@ -79,6 +79,43 @@ def _affine_cases():
           for name, scale in scales.items()}
 
 
+def test_sizes_planned_once_code_their_slices_as_the_slices_themselves():
+  """An affine step plans its sizes once and codes them in runs
+  (ans_stream.UniformSizes): the same stack as planning each run."""
+  rng = np.random.default_rng(5)
+  for sizes in (rng.integers(2, 2 ** 12, 900),  # one symbol each
+                np.concatenate([rng.integers(1, 2 ** 30, 600), [1, 2 ** 24, 2 ** 13]])):
+    runs = [slice(0, 300), slice(300, 301), slice(301, 301), slice(301, sizes.size)]
+    planned = ans_stream.Stream(encoding=True, words=_random_words(4000))
+    each = ans_stream.Stream(encoding=True, words=_random_words(4000))
+    plan = ans_stream.UniformSizes(sizes)
+    for run in runs:
+      index = planned.decode_uniform(plan[run])
+      np.testing.assert_array_equal(index, each.decode_uniform(sizes[run]))
+      planned.encode_uniform((index + 1) % sizes[run], plan[run])
+      each.encode_uniform((index + 1) % sizes[run], sizes[run])
+    np.testing.assert_array_equal(planned.words(), each.words())
+
+
+def test_a_map_of_its_transformed_elements_only_codes_as_its_whole_shape():
+  """A coupling's map holds the parameters of the elements it transforms
+  only (AffineMap transformed_only): the same integers as the map over the
+  whole shape, composed with a batch norm's and inverted too."""
+  rng = np.random.default_rng(4)
+  shape = (3, 4, 4, 2)
+  conditioning = rng.random(shape[1:]) < 0.5
+  scale, shift = np.exp(rng.normal(0, 2, shape)), rng.normal(0, 3, shape)
+  whole = coding_maps.AffineMap(scale, shift, conditioning)
+  transformed = coding_maps.AffineMap(scale[:, ~conditioning], shift[:, ~conditioning],
+                                      conditioning, transformed_only=True)
+  batch_norm = coding_maps.AffineMap(np.array([[[[2., 0.5]]]]), np.array([1., -3.]))
+  for first, second in [(whole, transformed), (whole.then(batch_norm), transformed.then(batch_norm)),
+                        (whole.inverse(), transformed.inverse())]:
+    for part, same in zip(coding_steps.integer_scale(first, 16, shape),
+                          coding_steps.integer_scale(second, 16, shape)):
+      np.testing.assert_array_equal(part, same)
+
+
 @pytest.mark.parametrize('name', sorted(_affine_cases()))
 def test_an_affine_step_is_exact_and_costs_minus_log2_of_its_scale(name):
   """The integer scale transform: (X, r) <-> (Y, q) exactly; the bits it
