@@ -5,6 +5,14 @@ import subprocess
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Under pytest-xdist each worker is one of N TensorFlow processes sharing the
+# cores: a core's share of threads each (their subprocesses inherit it), not
+# N thread pools each as wide as the machine. Measured with -n 2 on 2 cores:
+# the tests' summed time 1,302 s against 1,404 s.
+_WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+if _WORKERS > 1:
+  for _POOL in ('TF_NUM_INTRAOP_THREADS', 'TF_NUM_INTEROP_THREADS'):
+    os.environ.setdefault(_POOL, str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
