@@ -46,6 +46,7 @@ density is the Gaussian's curvature over a bin, about 2^-2m / 24 nats, out
 to |z| = 64 (tails by levels, `GaussianPrior`).
 """
 
+import functools
 import math
 
 import constriction
@@ -182,18 +183,20 @@ def _edge_refinement(step_map, x, k_in, k_out):
   of the file at 2^-8 cells)."""
   low, high = step_map.cell_limits(k_in)
   refine = np.zeros(x.shape, np.int64)
-  edge = np.flatnonzero((x == low) | (x == high))
-  for bits in range(_EDGE_BITS, 0, -1):
-    if not edge.size:
-      break
-    fine = x[edge] << bits
-    k_fine = k_in + bits
-    last_cell = fine + (1 << bits) - 1
-    fits = ((_cells(step_map, fine, k_fine, k_out)[1] >= 2) &
-            (_cells(step_map, last_cell, k_fine, k_out)[1] >= 2))
-    refine[edge[fits]] = bits
-    edge = edge[~fits]
+  for edge in {low, high}:
+    refine[x == edge] = _edge_bits(step_map, edge, k_in, k_out)
   return refine
+
+
+@functools.lru_cache(maxsize=16)
+def _edge_bits(step_map, cell, k_in, k_out):
+  """`_edge_refinement` of the data cell `cell`: the same for every element
+  in it, so worked out once per map, cell and grids."""
+  for bits in range(_EDGE_BITS, 0, -1):
+    fine = np.array([cell << bits, (cell << bits) + (1 << bits) - 1])
+    if np.all(_cells(step_map, fine, k_in + bits, k_out)[1] >= 2):
+      return bits
+  return 0
 
 
 def encode_monotone(stream, step_map, x, k_in, k_out):
