@@ -14,6 +14,8 @@ its values came from the stack's empty bottom, not from bits, and the
 caller codes again with smaller batches (compression.py).
 """
 
+import copy
+
 import constriction
 import numpy as np
 
@@ -145,18 +147,17 @@ class UniformSizes:
   """Sizes of uniform indices, planned once (`_plan`): an affine step codes
   its elements in runs (coding_steps.py), each a slice of one plan."""
 
-  def __init__(self, sizes, plan=None):
-    self.sizes, self.direct, self.large = plan or _plan(sizes)
+  def __init__(self, sizes):
+    self.sizes, self.direct, self.large = _plan(sizes)
     # one int32 array of symbols when every size is one (the common case)
     self.symbols = self.sizes.astype(np.int32) if self.direct is None else None
 
   def __getitem__(self, part):
-    """The plan of the sizes[part] (a slice)."""
-    sliced = UniformSizes.__new__(UniformSizes)
-    sliced.sizes = self.sizes[part]
-    sliced.direct, sliced.large = ((None, None) if self.direct is None
-                                   else (self.direct[part], self.large[part]))
-    sliced.symbols = None if self.symbols is None else self.symbols[part]
+    """The plan of sizes[part] (a slice): the same plan, sliced."""
+    sliced = copy.copy(self)
+    for name in ('sizes', 'direct', 'large', 'symbols'):
+      value = getattr(self, name)
+      setattr(sliced, name, None if value is None else value[part])
     return sliced
 
 
