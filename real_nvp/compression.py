@@ -482,18 +482,17 @@ class _StepCoder(flow_tree.Visitor):
     elements x_K), y = x c + d on x_K. Data -> latent codes the transformed
     elements, then the kept ones; latent -> data the kept ones first, which
     gives x_K back for the head's map."""
-    key = tuple(fixed)
-    tail = self.fixed_maps.get(key)
-    if tail is None:
+    conditioning = head.coding_conditioning(value.h.shape[1:])
+    key = (head,) + tuple(fixed)
+    if key not in self.fixed_maps:  # the value-free part, and its map of x_K
       tail = self._fixed_map(fixed[0], value)
       for layer in fixed[1:]:
         tail = tail.then(self._fixed_map(layer, value))
-      self.fixed_maps[key] = tail
+      self.fixed_maps[key] = tail, AffineMap(tail.scale, tail.shift, conditioning=~conditioning)
+    tail, kept = self.fixed_maps[key]
     layers = [head] + list(fixed)
     data_context = (layer_run.advance_context(layers, value.context, inverse=True)
                     if inverse else value.context)
-    conditioning = head.coding_conditioning(value.h.shape[1:])
-    kept = AffineMap(tail.scale, tail.shift, conditioning=~conditioning)
     h = value.h
     if inverse:
       h = self._affine(kept, h, value.k, inverse)

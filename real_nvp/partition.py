@@ -32,6 +32,17 @@ class _Partition:
     if parity not in (0, 1):
       raise ValueError(f'`parity` must be 0 or 1. Received: parity={parity}')
     self.parity = parity
+    self._kept_masks = {}
+
+  def kept_mask(self, event_shape):
+    """bool [H, W, C]: the kept dimensions (read-only; worked out once per
+    shape: the lossless coder asks for it at every layer of every batch)."""
+    event_shape = tuple(event_shape)
+    if event_shape not in self._kept_masks:
+      mask = self._kept(event_shape)
+      mask.setflags(write=False)
+      self._kept_masks[event_shape] = mask
+    return self._kept_masks[event_shape]
 
 
 class CheckerboardPartition(_Partition):
@@ -43,10 +54,10 @@ class CheckerboardPartition(_Partition):
   def build(self, input_shape, dtype):
     height, width = input_shape[1:3]
     self._mask = tf.constant(masks.checkerboard(height, width, self.parity, dtype))
+    self._kept_masks = {}
 
-  def kept_mask(self, event_shape):
-    """bool [H, W, C]: the kept dimensions."""
-    return np.broadcast_to(self._mask.numpy() > 0.5, tuple(event_shape)).copy()
+  def _kept(self, event_shape):
+    return np.broadcast_to(self._mask.numpy() > 0.5, event_shape).copy()
 
   @property
   def mask(self):
@@ -88,11 +99,10 @@ class ChannelPartition(_Partition):
   def transformed_channels(self, channels):
     return channels // 2
 
-  def kept_mask(self, event_shape):
-    """bool [H, W, C]: the kept dimensions."""
+  def _kept(self, event_shape):
     channels = event_shape[-1]
     first = np.arange(channels) < channels // 2
-    return np.broadcast_to(first if self.parity == 0 else ~first, tuple(event_shape)).copy()
+    return np.broadcast_to(first if self.parity == 0 else ~first, event_shape).copy()
 
   def _split(self, x):
     first, second = tf.split(x, 2, axis=-1)
