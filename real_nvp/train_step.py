@@ -185,10 +185,11 @@ class TrainStep:
     # Nothing non-finite reaches the model: not the loss or the gradient, not
     # the batch-norm averages this batch moved, not the weights or moments
     # the update would write (checked before it is applied).
+    # The update's check runs unconditionally (not in a tf.cond on the rest):
+    # a cond's captures would add a thousand nodes to the traced step.
     finite = (tf.math.is_finite(grad_norm) & tf.math.is_finite(bpd) &
-              tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in statistics]))
-    finite = tf.cond(finite, lambda: self.optimizer.update_is_finite(clipped),
-                     lambda: tf.constant(False))
+              tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in statistics]) &
+              self.optimizer.update_is_finite(clipped))
 
     def apply():
       self.optimizer.apply_gradients(clipped)
