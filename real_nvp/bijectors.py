@@ -81,12 +81,16 @@ class FlowBijector(_ImageBijector):
     training: mode of the data -> latent direction (batch statistics and
       moving-average updates in batch norms). The latent -> data direction
       always runs in inference mode.
+    walks: None, or (data -> latent, latent -> data) callables of a tensor
+      returning (output, log-det) as `flow_tree.run` of the tree would (in
+      inference mode): traced functions that several graphs share.
   """
 
-  def __init__(self, tree, training=False, name='real_nvp'):
+  def __init__(self, tree, training=False, walks=None, name='real_nvp'):
     parameters = dict(locals())
     self._tree = tree
     self._training = training
+    self._walks = walks
     super().__init__(parameters, name)
 
   @property
@@ -94,9 +98,15 @@ class FlowBijector(_ImageBijector):
     return self._tree
 
   def _augmented_forward(self, z):
-    x, log_det = flow_tree.run(self._tree, z, inverse=True)
+    if self._walks:
+      x, log_det = self._walks[1](z)
+    else:
+      x, log_det = flow_tree.run(self._tree, z, inverse=True)
     return x, self._attrs(log_det)
 
   def _augmented_inverse(self, x):
-    z, log_det = flow_tree.run(self._tree, x, training=self._training)
+    if self._walks and not self._training:
+      z, log_det = self._walks[0](x)
+    else:
+      z, log_det = flow_tree.run(self._tree, x, training=self._training)
     return z, self._attrs(-log_det)

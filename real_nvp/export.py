@@ -139,7 +139,7 @@ def export_saved_model(model, export_dir):
                  'encode', 'decode')}
 
   def write(directory):
-    with _tensorflow_warnings_only():
+    with _tensorflow_warnings_only(), model.shared_flow_traces():
       tf.saved_model.save(module, directory, signatures=signatures)
     with open(os.path.join(directory, 'real_nvp_config.json'), 'w') as f:
       json.dump(json.loads(model.config.to_json()), f, indent=2, sort_keys=True)

@@ -25,8 +25,8 @@ importance-weighted estimate in the data's own pixel space (see
 dequantization.py). Training, evaluation and the SavedModel all call these.
 """
 
+import contextlib
 import math
-
 
 import keras
 import tensorflow as tf
@@ -84,6 +84,7 @@ class RealNVP(Generation, keras.Model):
     self.scales = [self._make_scale(i) for i in range(config.num_scales)]
     self.flow = flow_tree.Chain([flow_tree.Steps([self.preprocess]), self._scale_tree(0)])
     self.latent_layout = flow_tree.LatentLayout(self.flow, config.image_shape)
+    self._shared_walks = None  # See `shared_flow_traces`.
     self._build_layers()
 
   # --- construction -------------------------------------------------------
@@ -138,7 +139,26 @@ class RealNVP(Generation, keras.Model):
     of every batch norm in the data -> latent direction (differentiated as
     `memory_saving` says).
     """
-    return FlowBijector(self.flow, training)
+    return FlowBijector(self.flow, training, self._shared_walks)
+
+  @contextlib.contextmanager
+  def shared_flow_traces(self):
+    """Within this context, every graph that walks the flow in inference
+    mode calls one tf.function per direction (data -> latent, latent ->
+    data) instead of tracing the flow again: the SavedModel's six
+    signatures trace the flow twice instead of six times (each trace of
+    it is most of a signature's). The functions take any batch size."""
+    spec = tf.TensorSpec((None,) + self.config.image_shape, self.compute_dtype)
+
+    def walk(inverse):
+      return tf.function(lambda x: flow_tree.run(self.flow, x, inverse=inverse),
+                         input_signature=[spec], autograph=False)
+
+    self._shared_walks = (walk(False), walk(True))
+    try:
+      yield
+    finally:
+      self._shared_walks = None
 
   def prior(self, temperature=1.):
     """Unit Gaussian over [H, W, C] (standard deviation `temperature`)."""

@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging as absl_logging
 from PIL import Image
 
-from real_nvp import checkpoints, data, distribute, export, figures, preset
+from real_nvp import checkpoints, data, distribute, export, figures, flow_tree, preset
 from real_nvp.evaluation import Evaluator
 from real_nvp.checkpoints import restore_model
 from real_nvp.model_dir_layout import CheckpointMismatch
@@ -261,14 +261,22 @@ _LOADER = textwrap.dedent('''
 
 
 @BOTH_DEQUANTIZERS
-def test_saved_model_loads_and_scores_without_the_project(run, request, tmp_path, caplog):
+def test_saved_model_loads_and_scores_without_the_project(run, request, tmp_path, caplog,
+                                                          monkeypatch):
   _, model, _ = request.getfixturevalue(run)
   export_dir = str(tmp_path / 'saved_model')
+  walks = []
+  run_tree = flow_tree.run
+  monkeypatch.setattr(flow_tree, 'run', lambda tree, x, inverse=False, **kwargs: (
+      walks.append(inverse) if tree is model.flow else None,
+      run_tree(tree, x, inverse=inverse, **kwargs))[1])
   with caplog.at_level(logging.INFO, logger='tensorflow'), \
        caplog.at_level(logging.INFO, logger='absl'):
     before = tf.get_logger().level, absl_logging.get_verbosity()
     export.export_saved_model(model, export_dir)
     assert (tf.get_logger().level, absl_logging.get_verbosity()) == before
+  # The six signatures share one trace of the flow per direction.
+  assert sorted(walks) == [False, True]
   # TensorFlow's INFO lines while saving (kilobytes of renamed inputs) are kept out.
   assert not [(r.name, r.getMessage()[:80]) for r in caplog.records
               if f'{os.sep}tensorflow{os.sep}' in r.pathname and r.levelno < logging.WARNING]
