@@ -14,8 +14,6 @@ its values came from the stack's empty bottom, not from bits, and the
 caller codes again with smaller batches (compression.py).
 """
 
-import copy
-
 import constriction
 import numpy as np
 
@@ -153,11 +151,14 @@ class UniformSizes:
     self.symbols = self.sizes.astype(np.int32) if self.direct is None else None
 
   def __getitem__(self, part):
-    """The plan of sizes[part] (a slice): the same plan, sliced."""
-    sliced = copy.copy(self)
-    for name in ('sizes', 'direct', 'large', 'symbols'):
-      value = getattr(self, name)
-      setattr(sliced, name, None if value is None else value[part])
+    """The plan of sizes[part] (a slice): the same plan, sliced; built
+    field by field (copy.copy was two thirds of a slice's time under
+    cProfile, and a batch slices 320 plans whatever its size)."""
+    sliced = object.__new__(UniformSizes)
+    sliced.sizes = self.sizes[part]
+    sliced.direct, sliced.large, sliced.symbols = (
+        None if value is None else value[part]
+        for value in (self.direct, self.large, self.symbols))
     return sliced
 
 
