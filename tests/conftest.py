@@ -23,9 +23,11 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-# pytest-xdist's --dist loadfile hands whole files to its workers in
-# collection order: the longest first, so that none starts last while the
-# other worker idles (measured: these six take 2-4 minutes each on 2 cores).
+# The longest files first in collection order (measured: these six take 2-4
+# minutes each on 2 cores). pytest-xdist 3.8's --dist loadfile then orders
+# the files by their number of tests (--loadscope-reorder, its default), so
+# this order breaks its ties; forcing it (--no-loadscope-reorder) gains
+# nothing in a simulation of the two workers' queues (docs/performance.md).
 _LONGEST_FIRST = ('test_train.py', 'test_eval_export.py', 'test_distributed.py',
                   'test_hardware.py', 'test_best_checkpoint.py', 'test_model_dir.py')
 
