@@ -146,8 +146,9 @@ class RealNVP(Generation, keras.Model):
     """Within this context, every graph that walks the flow in inference
     mode calls one tf.function per direction (data -> latent, latent ->
     data) instead of tracing the flow again: the SavedModel's six
-    signatures trace the flow twice instead of six times (each trace of
-    it is most of a signature's). The functions take any batch size."""
+    signatures trace the flow twice instead of six times (the s/t networks
+    were ~40 % of the signatures' traces). The functions take any batch
+    size."""
     spec = tf.TensorSpec((None,) + self.config.image_shape, self.compute_dtype)
 
     def walk(inverse):
