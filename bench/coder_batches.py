@@ -43,10 +43,10 @@ def _median_ms(function, repeats):
 class _NetworkClock:
   """Wraps the coder's per-layer graphs: their time, and their inputs."""
 
-  def __init__(self, compressor):
-    self.traced = compressor._traced  # pylint: disable=protected-access
+  def __init__(self, coder):
+    self.traced = coder.traced
     self.seconds, self.calls = 0., []
-    compressor._traced = self  # pylint: disable=protected-access
+    coder.traced = self
 
   def __call__(self, layer, x, context):
     start = time.perf_counter()
@@ -72,12 +72,12 @@ def main(argv):
     words = np.random.default_rng(0).integers(
         1, 2 ** 32, (FLAGS.repeats + 2) * 48 * batch.size // 32 + 65536, np.uint32)
     stream = Stream(encoding=True, words=words)
-    clock = _NetworkClock(compressor)
-    compressor._encode_batch(stream, batch)  # pylint: disable=protected-access
+    coder = compressor.batch_coder
+    clock = _NetworkClock(coder)
+    coder.encode(stream, batch)
     calls, clock.calls = clock.calls, []
     clock.seconds = 0.
-    encode = _median_ms(lambda: compressor._encode_batch(stream, batch),  # pylint: disable=protected-access
-                        FLAGS.repeats)
+    encode = _median_ms(lambda: coder.encode(stream, batch), FLAGS.repeats)
     networks = 1000. * clock.seconds / FLAGS.repeats
     graphs = [(clock.traced, layer, x, context) for layer, x, context in calls]
     back_to_back = _median_ms(lambda: [tuple(np.asarray(t) for t in traced(layer, x, context))

@@ -57,7 +57,7 @@ def _payload_over_bound(compressor, images, bound, seed):
   before = stream.valid_bits()
   batch = compressor.batch_size
   for b in range(0, len(images), batch):
-    compressor._encode_batch(stream, images[b:b + batch])  # pylint: disable=protected-access
+    compressor.batch_coder.encode(stream, images[b:b + batch])
   return (stream.valid_bits() - before) / (images.size * bound)
 
 

@@ -6,7 +6,7 @@ whatever the rounding; only the code length depends on how well the
 integers follow the float map.
 
 Affine steps (y = x a + b; a coupling composed with the batch norm after
-it, compression.py) keep the grid, as an integer scale transform (iFlow,
+it, batch_coder.py) keep the grid, as an integer scale transform (iFlow,
 Zhang et al. 2021) with R / S ~= a, one of R, S a power of two up to 2^24,
 the other a 12-bit integer (a 2^-12 relative resolution of a, for 2^-13 <
 a < 2^12), and T = round(b 2^k):

@@ -17,7 +17,7 @@ Layers are composed by the flow tree (flow_tree.py) and run by
 layer_run.py; the TFP wrapper (`bijectors.py`) maps the tree's latent -> data
 walk to a bijector's `forward` (generative, TFP's convention) and the data
 -> latent walk to its `inverse`. `permutation` and `coding_map` describe the
-layer to the latents' layout and to the lossless coder (compression.py).
+layer to the latents' layout and to the lossless coder (batch_coder.py).
 """
 
 import keras
@@ -100,7 +100,7 @@ class FlowLayer(keras.layers.Layer):
     return ()
 
   def coding_map(self, x, context=None, tensors=None):
-    """How lossless coding (coding_maps.py, compression.py) moves each value from
+    """How lossless coding (coding_maps.py, batch_coder.py) moves each value from
     the data side to the latent side, in inference mode: an `AffineMap` or
     `MonotoneMap` (element-wise given what the layer conditions on, named by
     the map's `conditioning` mask). `x`: the data side [B, H, W, C] as float,

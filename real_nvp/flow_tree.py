@@ -20,7 +20,7 @@ a run of layers does to its value (`steps`), how a factor-out splits and
 merges it, and how a chain groups what it accumulates (`begin`/`end`). Three
 visitors live here: `TensorRun` (the flow on tensors, with log-dets and the
 context), `LatentLayout` (where each scale's latent sits in z, derived from
-the factor-outs) and `layers()`; the lossless coder (compression.py) is a
+the factor-outs) and `layers()`; the lossless coder (batch_coder.py) is a
 fourth.
 """
 

@@ -311,7 +311,7 @@ def test_a_coupling_and_its_batch_norm_are_coded_as_one_affine_step(models, monk
   images = data.load_dataset('digits').eval.images[:4]
   compressor = Compressor(model, batch_size=4, fallback=False)
   stream = ans_stream.Stream(encoding=True, words=_random_words(1 << 14))
-  compressor._encode_batch(stream, images)  # pylint: disable=protected-access
+  compressor.batch_coder.encode(stream, images)
   assert len(transformed) == 2 * couplings  # the transformed elements, then the kept ones
   for (changed, size), (kept, same_size) in zip(transformed[::2], transformed[1::2]):
     assert changed + kept == size == same_size

@@ -1,0 +1,261 @@
+"""One batch of images through a RealNVP's flow trees on the ANS stack:
+steps 1-3 of compression.py's docstring (the dequantization's bits back,
+the flow's local bits-back coding, the prior), for the chain that
+compression.py drives.
+
+The coder is a visitor of the flow trees (flow_tree.py, `_StepCoder`): each
+layer's coding map (coding_maps.py) through the coding steps of
+coding_steps.py, a coupling and the batch norm after it as one affine group.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from real_nvp import flow_tree, layer_run
+from real_nvp.coding_maps import AffineMap, CodingError
+from real_nvp.coding_steps import (GaussianPrior, SigmoidStep, decode_affine,
+                                   decode_monotone, encode_affine, encode_monotone)
+
+__all__ = ['BatchCoder']
+
+
+class BatchCoder:
+  """Codes batches of uint8 images with `model` (a RealNVP) in inference mode
+  at `precisions` (compressed_file.Precisions, every field set). The maps of
+  value-free layers and each layer's graph are made on first use and kept:
+  make a new one after changing the weights. `traced` (per layer) may be
+  wrapped, as bench/coder_batches.py times the networks."""
+
+  def __init__(self, model, precisions):
+    self.model = model
+    self.precisions = precisions
+    self._prior = GaussianPrior(precisions.prior_bins, precisions.latent)
+    self._graphs = {}
+    self._fixed_maps = {}  # the maps of layers that depend on no value (_StepCoder)
+    self._u_tree = None  # the variational dequantizer's, read from u (_u_side)
+
+  def encode(self, stream, batch):
+    """Codes uint8 images [B, H, W, C] onto `stream` (bits back)."""
+    k_u = self.precisions.dequantization
+    pixels = batch.astype(np.int64) << k_u
+    if self.model.config.dequantization == 'uniform':
+      frac = stream.decode_uniform(np.full(batch.size, 1 << k_u)).reshape(batch.shape)
+    else:
+      frac = self._variational_fraction(stream, batch)
+    z = self._walk(stream, self.model.flow, _Coded(pixels + frac, k_u), encoding=True)
+    self._prior.encode(stream, z.h)
+
+  def decode(self, stream, size, shape):
+    """Inverse of `encode`: `size` images of `shape` [H, W, C] from `stream`."""
+    k_u = self.precisions.dequantization
+    z = self._prior.decode(stream, (size,) + tuple(shape))
+    u = self._walk(stream, self.model.flow, _Coded(z, self.precisions.latent),
+                   encoding=False).h
+    pixels = u >> k_u
+    if pixels.min() < 0 or pixels.max() >= self.model.config.levels:
+      raise CodingError('a decoded pixel is out of range')
+    images = pixels.astype(np.uint8)
+    frac = u - (pixels << k_u)
+    if self.model.config.dequantization == 'uniform':
+      stream.encode_uniform(frac.ravel(), np.full(frac.size, 1 << k_u))
+    else:
+      self._give_back_variational(stream, images, frac)
+    return images
+
+  # --- the variational dequantizer: ε <-> v (its flow tree) <-> frac (the sigmoid) ----------
+
+  def _variational_fraction(self, stream, batch):
+    """frac ~ q(.|x) on the grid 2^-k_u, decoded from the stream (bits back):
+    ε under the prior, then ε -> v -> frac in decoding mode."""
+    tree, context = self._u_side(batch)
+    eps = _Coded(self._prior.decode(stream, batch.shape, noise=True),
+                 self.precisions.latent, context)
+    return self._walk(stream, tree, eps, encoding=False).h
+
+  def _give_back_variational(self, stream, images, frac):
+    """Inverse of `_variational_fraction`: gives the noise's bits back."""
+    tree, context = self._u_side(images)
+    eps = self._walk(stream, tree, _Coded(frac, self.precisions.dequantization, context),
+                     encoding=True)
+    self._prior.encode(stream, eps.h, noise=True)
+
+  def _u_side(self, images):
+    """The dequantizer read from u's side: frac -> v = logit(frac) -> ε = g^-1(v)
+    (its flow tree inverted), and its context of the images."""
+    dequantizer = self.model.dequantizer
+    if self._u_tree is None:
+      self._u_tree = flow_tree.Chain([flow_tree.Steps([SigmoidStep()]),
+                                      flow_tree.Inverted(dequantizer.flow)])
+    return self._u_tree, dequantizer.context(tf.constant(images))
+
+  def _walk(self, stream, tree, value, encoding):
+    """Codes `value` through `tree`: data -> latent with the encoding steps
+    (`encoding`), else latent -> data with the decoding ones."""
+    coder = _StepCoder(stream, self.precisions, encoding, self.traced, self._fixed_maps)
+    out = tree.walk(coder, value, inverse=not encoding)
+    if out.h.shape != value.h.shape:
+      raise CodingError('A flow tree changed the shape of what it codes.')
+    return out
+
+  def traced(self, layer, x, context):
+    """layer.coding_tensors(x, context) as one graph per layer, traced once for
+    any batch size, so that every batch on both sides runs the same kernels;
+    () without a call for the layers that compute none (batch norm, the
+    logit)."""
+    if layer not in self._graphs:
+      spec = [tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype)]
+      if context is not None:
+        spec.append(tf.TensorSpec((None,) + tuple(context.shape[1:]), context.dtype))
+      function = tf.function(lambda *inputs: layer.coding_tensors(*inputs),
+                             autograph=False).get_concrete_function(*spec)
+      self._graphs[layer] = function if function.structured_outputs else None
+    function = self._graphs[layer]
+    if function is None:
+      return ()
+    return function(*([x] if context is None else [x, context]))
+
+
+class _Coded:
+  """A coding walk's value: int64 values h on the grid 2^-k, and the context
+  in h's layout (the variational dequantizer's; else None)."""
+
+  def __init__(self, h, k, context=None):
+    self.h, self.k, self.context = h, k, context
+
+
+class _StepCoder(flow_tree.Visitor):
+  """Codes each layer's map on `stream`: the encoding steps where the walk
+  goes from the data side to the latent side (`encoding`), else the decoding
+  ones. A layer walked against its own direction while encoding (or along it
+  while decoding; an inverted node) is coded by its inverted map.
+
+  A conditioned affine layer (a coupling) and the value-free affine layers
+  right after it (its batch norm) are coded as one group (`_group`): its
+  transformed elements by the composed map, its kept ones by the value-free
+  part, instead of every element once per layer (a third fewer integer
+  scale transforms with one batch norm per coupling)."""
+
+  def __init__(self, stream, precisions, encoding, traced, fixed_maps):
+    self.stream, self.precisions, self.encoding = stream, precisions, encoding
+    self.traced, self.fixed_maps = traced, fixed_maps
+
+  def steps(self, node, value, inverse):
+    # Groups are found in the walk's order, the same on either walk: data ->
+    # latent, a conditioned layer and the fixed affine layers after it;
+    # latent -> data, fixed affine layers and the conditioned layer before.
+    layers = list(reversed(node.layers)) if inverse else node.layers
+    i = 0
+    while i < len(layers):
+      if inverse:
+        j = i
+        while j < len(layers) and self._fixed_affine(layers[j], value):
+          j += 1
+        grouped = i < j < len(layers) and self._conditioned(layers[j], value)
+        group = layers[i:j + 1][::-1] if grouped else layers[i:i + 1]
+      else:
+        j = i + 1
+        if self._conditioned(layers[i], value):
+          while j < len(layers) and self._fixed_affine(layers[j], value):
+            j += 1
+        group = layers[i:j]
+      if len(group) > 1:
+        value = self._group(group[0], group[1:], value, inverse)
+      else:
+        value = self._layer(group[0], value, inverse)
+      i += len(group)
+    return value
+
+  def _conditioned(self, layer, value):
+    return (layer.permutation() is None and
+            layer.coding_conditioning(value.h.shape[1:]) is not None)
+
+  def _fixed_affine(self, layer, value):
+    return (layer.permutation() is None and
+            layer.coding_conditioning(value.h.shape[1:]) is None and
+            isinstance(self._fixed_map(layer, value), AffineMap))
+
+  def _fixed_map(self, layer, value):
+    """The map of a layer that depends on no value: asked for once."""
+    step_map = self.fixed_maps.get(layer)
+    if step_map is None:
+      x = np.zeros(value.h.shape, np.float32)
+      step_map = layer.coding_map(x, value.context, self.traced(layer, x, value.context))
+      self.fixed_maps[layer] = step_map
+    return step_map
+
+  def _conditioned_map(self, layer, conditioning, h, k, context):
+    """The map of a conditioned layer, from what it conditions on in h (the
+    elements `conditioning`, known to both sides)."""
+    x = _floats(np.where(conditioning, h, 0), k)
+    return layer.coding_map(x, context, self.traced(layer, x, context))
+
+  def _affine(self, step_map, h, k, inverse):
+    """h through an affine map (data -> latent), or its inverse where the walk
+    goes against the coding direction."""
+    if inverse == self.encoding:
+      step_map = step_map.inverse()
+    code = encode_affine if self.encoding else decode_affine
+    return code(self.stream, step_map, h, k)
+
+  def _group(self, head, fixed, value, inverse):
+    """A conditioned affine layer then value-free affine ones, data -> latent:
+    y = x (a c) + (b c + d) where the head transforms (a, b from the kept
+    elements x_K), y = x c + d on x_K. Data -> latent codes the transformed
+    elements, then the kept ones; latent -> data the kept ones first, which
+    gives x_K back for the head's map."""
+    conditioning = head.coding_conditioning(value.h.shape[1:])
+    key = (head,) + tuple(fixed)
+    if key not in self.fixed_maps:  # the value-free part, and its map of x_K
+      tail = self._fixed_map(fixed[0], value)
+      for layer in fixed[1:]:
+        tail = tail.then(self._fixed_map(layer, value))
+      self.fixed_maps[key] = tail, AffineMap(tail.scale, tail.shift, conditioning=~conditioning)
+    tail, kept = self.fixed_maps[key]
+    layers = [head] + list(fixed)
+    data_context = (layer_run.advance_context(layers, value.context, inverse=True)
+                    if inverse else value.context)
+    h = value.h
+    if inverse:
+      h = self._affine(kept, h, value.k, inverse)
+    head_map = self._conditioned_map(head, conditioning, h, value.k, data_context)
+    if not isinstance(head_map, AffineMap):
+      raise CodingError(f'{type(head).__name__} is conditioned but not affine.')
+    h = self._affine(head_map.then(tail), h, value.k, inverse)
+    if not inverse:
+      h = self._affine(kept, h, value.k, inverse)
+    return _Coded(h, value.k, layer_run.advance_context(layers, value.context, inverse))
+
+  def _layer(self, layer, value, inverse):
+    context = layer_run.advance_context([layer], value.context, inverse)
+    permutation = layer.permutation()
+    if permutation is not None:
+      move = permutation.inverse_fn if inverse else permutation.forward
+      return _Coded(move(value.h), value.k, context)
+    conditioning = layer.coding_conditioning(value.h.shape[1:])
+    if conditioning is None:
+      step_map = self._fixed_map(layer, value)
+    else:
+      step_map = self._conditioned_map(layer, conditioning, value.h, value.k, value.context)
+    if isinstance(step_map, AffineMap):
+      return _Coded(self._affine(step_map, value.h, value.k, inverse), value.k, context)
+    if inverse == self.encoding:
+      raise CodingError(f'{type(layer).__name__} cannot be coded inverted.')
+    data, latent = self.precisions.dequantization, self.precisions.latent
+    if self.encoding:
+      return _Coded(encode_monotone(self.stream, step_map, value.h, data, latent),
+                    latent, context)
+    return _Coded(decode_monotone(self.stream, step_map, value.h, data, latent),
+                  data, context)
+
+  def split(self, value):
+    factored, rest = np.split(value.h, 2, axis=-1)
+    return _Coded(factored, value.k), _Coded(rest, value.k, value.context)
+
+  def merge(self, value, factored, rest):
+    return _Coded(np.concatenate([factored.h, rest.h], -1), factored.k, value.context)
+
+
+def _floats(x, k):
+  """Grid integers -> float32 tensor of their values (correctly rounded: one
+  rounding to float32, then an exact power of two)."""
+  return tf.constant(x.astype(np.float32) * np.float32(2. ** -k))
