@@ -18,6 +18,7 @@ Keras 3 variables are not tf.Module variables: `bijector.trainable_variables`
 is empty. The weights belong to the Keras layers (see `model.RealNVP`).
 """
 
+import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
 
@@ -25,7 +26,7 @@ from real_nvp import flow_tree
 
 tfb = tfp.bijectors
 
-__all__ = ['FlowBijector']
+__all__ = ['FlowBijector', 'traced_walks']
 
 _EVENT_NDIMS = 3  # [H, W, C]
 
@@ -110,3 +111,14 @@ class FlowBijector(_ImageBijector):
     else:
       z, log_det = flow_tree.run(self._tree, x, training=self._training)
     return z, self._attrs(-log_det)
+
+
+def traced_walks(tree, spec):
+  """`FlowBijector`'s `walks` for graphs that share them: the tree walked
+  data -> latent and latent -> data in inference mode, each one tf.function
+  over `spec` (a tf.TensorSpec of a batch of any size), traced once."""
+  def walk(inverse):
+    return tf.function(lambda x: flow_tree.run(tree, x, inverse=inverse),
+                       input_signature=[spec], autograph=False)
+
+  return walk(False), walk(True)

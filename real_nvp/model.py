@@ -34,7 +34,7 @@ import tensorflow_probability as tfp
 
 from real_nvp import flow_tree, model_inputs, preprocess
 from real_nvp.batch_norm import FlowBatchNorm
-from real_nvp.bijectors import FlowBijector
+from real_nvp.bijectors import FlowBijector, traced_walks
 from real_nvp.config import MEMORY_SAVING_MODES, FlowConfig
 from real_nvp.coupling import Coupling
 from real_nvp.dequantization import make_dequantizer
@@ -149,13 +149,8 @@ class RealNVP(Generation, keras.Model):
     signatures trace the flow twice instead of six times (the s/t networks
     were ~40 % of the signatures' traces). The functions take any batch
     size."""
-    spec = tf.TensorSpec((None,) + self.config.image_shape, self.compute_dtype)
-
-    def walk(inverse):
-      return tf.function(lambda x: flow_tree.run(self.flow, x, inverse=inverse),
-                         input_signature=[spec], autograph=False)
-
-    self._shared_walks = (walk(False), walk(True))
+    self._shared_walks = traced_walks(self.flow, tf.TensorSpec(
+        (None,) + self.config.image_shape, self.compute_dtype))
     try:
       yield
     finally:
