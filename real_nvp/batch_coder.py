@@ -8,6 +8,8 @@ layer's coding map (coding_maps.py) through the coding steps of
 coding_steps.py, a coupling and the batch norm after it as one affine group.
 """
 
+import copy
+
 import numpy as np
 import tensorflow as tf
 
@@ -33,6 +35,14 @@ class BatchCoder:
     self._graphs = {}
     self._fixed_maps = {}  # the maps of layers that depend on no value (_StepCoder)
     self._u_tree = None  # the variational dequantizer's, read from u (_u_side)
+
+  def at(self, precisions):
+    """This coder at other precisions (a file's), sharing its layers' graphs
+    and value-free maps, which do not depend on them."""
+    coder = copy.copy(self)
+    coder.precisions = precisions
+    coder._prior = GaussianPrior(precisions.prior_bins, precisions.latent)
+    return coder
 
   def encode(self, stream, batch):
     """Codes uint8 images [B, H, W, C] onto `stream` (bits back)."""

@@ -118,6 +118,7 @@ class Compressor:
     self.model = model
     self.batch_size = batch_size
     self.fallback = fallback
+    self.batch_coder = None
     self._set_precisions(precisions)
     self._fingerprint = _model_fingerprint(model)
 
@@ -140,7 +141,8 @@ class Compressor:
           'Raise --latent_precision, lower --dequantization_precision, or pass '
           '--latent_precision=0 (chosen from the model).')
     self.precisions = precisions
-    self.batch_coder = BatchCoder(self.model, precisions)
+    self.batch_coder = (BatchCoder(self.model, precisions) if self.batch_coder is None
+                        else self.batch_coder.at(precisions))
 
   # --- the file ---------------------------------------------------------------------------
 
