@@ -79,6 +79,25 @@ class AffineMap:
                      transformed_only=True)
 
 
+  def after(self, first):
+    """`first` (value-free, transforming every element this map transforms),
+    then this map: y = (x p + q) a + b = x (p a) + (q a + b), float64-rounded.
+    What a coupling's batch norm does to the elements the coupling keeps,
+    joined with the next coupling, which transforms them."""
+    if (first.transformed_only or
+        (first.conditioning is not None and
+         (self.conditioning is None or np.any(first.conditioning & ~self.conditioning)))):
+      raise ValueError('The first map must be value-free and transform every element '
+                       'that the second transforms.')
+    if self.transformed_only:
+      scale, shift = _at_transformed((first.scale, first.shift), self.conditioning,
+                                     self.conditioning.shape)
+    else:
+      scale, shift = first.scale, first.shift
+    return AffineMap(scale * self.scale, shift * self.scale + self.shift, self.conditioning,
+                     self.transformed_only)
+
+
 def _at_transformed(parameters, conditioning, event_shape):
   """Each of `parameters` (broadcasting to [B, H, W, C]) at the elements
   outside `conditioning` (all without), [1 or B, n] in C order."""

@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from conftest import perturb, tiny_trainer
 from real_nvp import (FlowConfig, RealNVP, ans_stream, coding_maps, coding_steps,
-                      compressed_file, data, image_codec, model_dir_layout, preset)
+                      compressed_file, data, flow_tree, image_codec, model_dir_layout,
+                      preset)
 from real_nvp.batch_norm import FlowBatchNorm
 from real_nvp.coupling import Coupling
 from real_nvp.compression import CompressedFileError, Compressor, Precisions
@@ -279,26 +280,47 @@ def test_each_layer_describes_its_coding_map():
   np.testing.assert_allclose(batch_norm.coding_map(x).scale[0, 0, 0], expected, rtol=1e-3)
 
 
-def test_a_coupling_and_its_batch_norm_are_coded_as_one_affine_step(models, monkeypatch):
-  """Each element goes through one integer scale transform per coupling and
-  its batch norm (the transformed ones by the composed map, the kept ones
-  by the batch norm's), not one per layer; the composed map is the two
-  maps one after the other."""
+def test_each_element_is_coded_once_per_coupling_that_transforms_it(models, monkeypatch):
+  """One integer scale transform per coupling, of the elements it transforms:
+  its map composed with its batch norm's, after the previous batch norm's
+  on those elements (the ones the previous coupling kept); the kept
+  elements of the last coupling before a squeeze or the end, by its batch
+  norm alone. The composed maps are the maps one after the other."""
   rng = np.random.default_rng(0)
+  conditioning = rng.random((4, 4, 2)) < 0.5
+  kept = coding_maps.AffineMap(np.array([3., 0.25]), np.array([-1., 2.]), conditioning)
   first = coding_maps.AffineMap(np.exp(rng.normal(size=(2, 4, 4, 2))),
-                                rng.normal(size=(2, 4, 4, 2)),
-                                conditioning=rng.random((4, 4, 2)) < 0.5)
+                                rng.normal(size=(2, 4, 4, 2)), conditioning=conditioning)
   second = coding_maps.AffineMap(np.array([2., 0.5]), np.array([1., -3.]))
   x = rng.normal(size=(2, 4, 4, 2))
   both = first.then(second)
   np.testing.assert_allclose(x * both.scale + both.shift,
                              (x * first.scale + first.shift) * second.scale + second.shift)
   assert both.conditioning is first.conditioning
+  transformed_only = coding_maps.AffineMap(first.scale[:, ~conditioning],
+                                           first.shift[:, ~conditioning], conditioning,
+                                           transformed_only=True)
+  for step_map in (first, transformed_only):
+    joined = step_map.after(kept)
+    scale, shift = step_map.transformed_parameters((4, 4, 2))
+    expected = ((x * kept.scale + kept.shift)[:, ~conditioning] * scale + shift)
+    scale, shift = joined.transformed_parameters((4, 4, 2))
+    np.testing.assert_allclose(x[:, ~conditioning] * scale + shift, expected)
+    assert joined.conditioning is conditioning
+  with pytest.raises(ValueError):  # it would leave some of the transformed elements as they are
+    first.after(coding_maps.AffineMap(kept.scale, kept.shift, ~conditioning))
 
   model = models['uniform']
   layers = model.flow.all_layers()
   couplings = sum(isinstance(layer, Coupling) for layer in layers)
   assert couplings and sum(isinstance(layer, FlowBatchNorm) for layer in layers) == couplings
+  runs = 0  # runs of couplings between squeezes (their masks alternate)
+  for node in _steps_nodes(model.flow):
+    after_coupling = False
+    for layer in node.layers:
+      runs += isinstance(layer, Coupling) and not after_coupling
+      if isinstance(layer, Coupling) or layer.permutation() is not None:
+        after_coupling = isinstance(layer, Coupling)
   transformed = []
   integer_scale = coding_steps.integer_scale
 
@@ -312,9 +334,16 @@ def test_a_coupling_and_its_batch_norm_are_coded_as_one_affine_step(models, monk
   compressor = Compressor(model, batch_size=4, fallback=False)
   stream = ans_stream.Stream(encoding=True, words=_random_words(1 << 14))
   compressor.batch_coder.encode(stream, images)
-  assert len(transformed) == 2 * couplings  # the transformed elements, then the kept ones
-  for (changed, size), (kept, same_size) in zip(transformed[::2], transformed[1::2]):
-    assert changed + kept == size == same_size
+  assert len(transformed) == couplings + runs
+  assert all(2 * changed == size for changed, size in transformed)  # half the elements each
+
+
+def _steps_nodes(node):
+  if isinstance(node, flow_tree.Steps):
+    return [node]
+  inner = node.nodes if isinstance(node, flow_tree.Chain) else [node.inner if isinstance(
+      node, flow_tree.FactorOut) else node.node]
+  return [steps for child in inner for steps in _steps_nodes(child)]
 
 
 # --- whole images in batches -------------------------------------------------------
@@ -519,7 +548,9 @@ def test_a_file_of_another_model_or_damaged_is_refused_in_one_line(models):
     assert '\n' not in str(raised.value), name
   with pytest.raises(CompressedFileError, match='another model'):
     cases['another model']()
-  with pytest.raises(CompressedFileError, match='Format version 4 is not 5'):
+  older = compressed_file.FORMAT_VERSION - 1
+  with pytest.raises(CompressedFileError,
+                     match=f'Format version {older} is not {older + 1}'):
     cases['an older format']()
 
 
