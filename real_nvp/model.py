@@ -1,22 +1,11 @@
 """The Real NVP model: dequantization, preprocessing, the multi-scale flow,
 the prior, and the objective (bits/dim of uint8 images).
 
-This is the only module that knows the order of the flow (paper §3.6):
-
-    uint8 x -> dequantize -> u in [x, x + 1) -> logit -> w -> scale 1 -> ... -> z
-
-Scale i < last, data -> latent, on h [H, W, C]:
-    3 checkerboard couplings (alternating masks), each followed by flow BN
-    squeeze -> [H/2, W/2, 4C]
-    3 channel couplings (alternating masks), each followed by flow BN
-    factor out: channels [:2C] are scale i's latent; [2C:] go to scale i+1
-    unsqueeze the concatenation back to [H, W, C]
-Last scale: 4 checkerboard couplings, each followed by flow BN.
-
-The latent z has the image's shape, so the prior is a unit Gaussian over
-[H, W, C]. The order is built once, as a tree (flow_tree.py): `model.flow`;
-the TFP bijector wraps it, the per-scale latents' layout is derived from it
-(`split_latents` / `merge_latents`), and the lossless coder walks it.
+The flow's order (paper §3.6) is multiscale.py's, built once as a tree
+(flow_tree.py): `model.flow`; the TFP bijector wraps it, the per-scale
+latents' layout is derived from it (`split_latents` / `merge_latents`), and
+the lossless coder walks it. The latent z has the image's shape, so the
+prior is a unit Gaussian over [H, W, C].
 
 The objective is the model's: `log_weights` draws K dequantizations
 u_k ~ q(u|x) from a stateless seed and returns log p(u_k) - log q(u_k|x);
@@ -32,14 +21,11 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from real_nvp import flow_tree, model_inputs, preprocess
-from real_nvp.batch_norm import FlowBatchNorm
+from real_nvp import flow_tree, model_inputs, multiscale
 from real_nvp.bijectors import FlowBijector, traced_walks
 from real_nvp.config import MEMORY_SAVING_MODES, FlowConfig
-from real_nvp.coupling import Coupling
 from real_nvp.dequantization import make_dequantizer
 from real_nvp.generation import Generation
-from real_nvp.squeeze import Squeeze
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -78,48 +64,14 @@ class RealNVP(Generation, keras.Model):
     self._st_dtype = st_dtype
     self.memory_saving = memory_saving
     self.dequantizer = make_dequantizer(config, st_dtype, memory_saving)
-    # Attributes, so that Keras tracks the layers; the tree is built from them.
-    self.preprocess = preprocess.LogitPreprocess(
-        config.levels, config.alpha, name='preprocess')
-    self.scales = [self._make_scale(i) for i in range(config.num_scales)]
-    self.flow = flow_tree.Chain([flow_tree.Steps([self.preprocess]), self._scale_tree(0)])
+    # Attributes, so that Keras tracks the layers; the tree is built over them.
+    self.preprocess, self.scales, self.flow = multiscale.build_flow(
+        config, st_dtype, memory_saving)
     self.latent_layout = flow_tree.LatentLayout(self.flow, config.image_shape)
     self._shared_walks = None  # See `shared_flow_traces`.
     self._build_layers()
 
   # --- construction -------------------------------------------------------
-
-  def _coupling_steps(self, mask_type, count, feature_maps, prefix):
-    steps = []
-    for k in range(count):
-      steps.append(Coupling(
-          mask_type, parity=k % 2, num_blocks=self.config.num_blocks,
-          feature_maps=feature_maps, bn_momentum=self.config.bn_momentum,
-          st_dtype=self._st_dtype, name=f'{prefix}_{mask_type}{k}'))
-      if self.config.flow_batch_norm:
-        steps.append(FlowBatchNorm(
-            momentum=self.config.bn_momentum, lag=self.config.bn_lag,
-            name=f'{prefix}_{mask_type}{k}_bn'))
-    return steps
-
-  def _make_scale(self, index):
-    """The layers of scale `index`, data -> latent, the factor-out aside."""
-    prefix = f'scale{index}'
-    feature_maps = self.config.feature_maps * 2 ** index
-    if index == self.config.num_scales - 1:
-      return self._coupling_steps('checkerboard', 4, feature_maps, prefix)
-    return (self._coupling_steps('checkerboard', 3, feature_maps, prefix) +
-            [Squeeze(name=f'{prefix}_squeeze')] +
-            self._coupling_steps('channel', 3, 2 * feature_maps, prefix))
-
-  def _scale_tree(self, index):
-    """Scale `index` and the coarser ones, data -> latent (module docstring)."""
-    steps = flow_tree.Steps(self.scales[index], self.memory_saving)
-    if index == len(self.scales) - 1:
-      return steps
-    squeeze = next(layer for layer in self.scales[index] if isinstance(layer, Squeeze))
-    return flow_tree.Chain([steps, flow_tree.FactorOut(self._scale_tree(index + 1)),
-                            flow_tree.Inverted(flow_tree.Steps([squeeze]))])
 
   def _build_layers(self):
     images = tf.zeros((1,) + self.config.image_shape, tf.uint8)
