@@ -258,16 +258,16 @@ class BestCheckpoint:
       return
     if fresh:
       if os.listdir(self.directory):
-        self._set_aside(self.directory, 'This run starts from step 0, so the best '
-                        'checkpoint in it belongs to an earlier run')
+        _set_aside(self.model_dir, self.directory, 'This run starts from step 0, so '
+                   'the best checkpoint in it belongs to an earlier run')
       self._loaded = True
       return
     state = inspect(self.model_dir)
     for note in state.notes:
       logging.warning('%s', note)
     for name in state.bad_files:
-      self._set_aside(os.path.join(self.directory, name), 'It cannot be read',
-                      [os.path.join(self.directory, name)])
+      _set_aside(self.model_dir, os.path.join(self.directory, name), 'It cannot be read',
+                 [os.path.join(self.directory, name)])
     for name, reason in state.damaged.items():
       checkpoints.quarantine(self.model_dir, os.path.join(self.directory, name),
                              reason, prefix='best-')
@@ -282,8 +282,8 @@ class BestCheckpoint:
     if unvalued and multi_worker:
       for name in unvalued:
         path = os.path.join(self.directory, name)
-        self._set_aside(path, 'No record values it and a multi-worker run cannot '
-                        'evaluate it alone', glob.glob(glob.escape(path) + '.*'))
+        _set_aside(self.model_dir, path, 'No record values it and a multi-worker run '
+                   'cannot evaluate it alone', glob.glob(glob.escape(path) + '.*'))
       unvalued = []
     self.unvalued = [(os.path.join(self.directory, name), step_of(name))
                      for name in unvalued]
@@ -405,14 +405,15 @@ class BestCheckpoint:
     except FileNotFoundError:
       pass
 
-  def _set_aside(self, path, reason, sources=None):
-    """Moves `sources` (by default the directory `path`'s contents) to
-    best.set-aside-*/."""
-    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-    target = os.path.join(self.model_dir, f'best.set-aside-{stamp}')
-    os.makedirs(target, exist_ok=True)
-    if sources is None:
-      sources = [os.path.join(path, name) for name in os.listdir(path)]
-    for source in sources:
-      shutil.move(source, os.path.join(target, os.path.basename(source)))
-    logging.warning('%s: moved %s to %s.', reason, path, target)
+
+def _set_aside(model_dir, path, reason, sources=None):
+  """Moves `sources` (by default the directory `path`'s contents) to
+  model_dir/best.set-aside-*/."""
+  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+  target = os.path.join(model_dir, f'best.set-aside-{stamp}')
+  os.makedirs(target, exist_ok=True)
+  if sources is None:
+    sources = [os.path.join(path, name) for name in os.listdir(path)]
+  for source in sources:
+    shutil.move(source, os.path.join(target, os.path.basename(source)))
+  logging.warning('%s: moved %s to %s.', reason, path, target)

@@ -50,24 +50,7 @@ class Trainer:
   def __init__(self, strategy, source, flow_config, train_config, model_dir,
                wall_time=None):
     cfg = train_config
-    replicas = strategy.num_replicas_in_sync
-    if cfg.batch_size % replicas:
-      raise ValueError(f'--batch_size={cfg.batch_size} is not divisible by the '
-                       f'{replicas} replicas of the strategy')
-    if tuple(source.image_shape) != flow_config.image_shape:
-      raise ValueError(f'Data set {source.name} has images of shape '
-                       f'{source.image_shape}, the model expects '
-                       f'{flow_config.image_shape}')
-    if source.levels != flow_config.levels:
-      raise ValueError(f'Data set {source.name} has {source.levels} levels, '
-                       f'the model expects {flow_config.levels}')
-    if cfg.jit_compile and not isinstance(
-        strategy, (tf.distribute.OneDeviceStrategy, tf.distribute.TPUStrategy)):
-      raise ValueError(
-          '--xla needs --strategy=one_device (or tpu): the batch-norm moving '
-          'averages of mirrored variables synchronize across replicas, which '
-          'XLA-compiled code cannot do.')
-    hardware.check_precision(cfg.mixed_precision, strategy, cfg.allow_emulated_precision)
+    _check_setup(strategy, source, flow_config, cfg)
     self.strategy, self.source, self.cfg = strategy, source, cfg
     self.flow_config, self.model_dir = flow_config, model_dir
     self.is_chief = distribute.is_chief(strategy)
@@ -85,6 +68,8 @@ class Trainer:
     self.outcome = None  # How train() ended: see its docstring.
     self.writers = summaries.SummaryWriters(model_dir, self.is_chief)
     self.wall_time = wall_time or WallTime()
+    self.images = _RunImages(self.model, source, cfg, flow_config.levels, self.writers,
+                             model_dir, self.wall_time, self.is_chief)
     self.evaluator = Evaluator(self.model, strategy, cfg.batch_size, seed=cfg.seed + 1,
                                wall_time=self.wall_time)
     self._stop_requested = False
@@ -94,22 +79,6 @@ class Trainer:
   def evaluate(self, num_examples=None):
     """Held-out bits/dim in inference mode (BN moving averages)."""
     return self.evaluator(self.source, num_examples).summary()['bits_per_dim']
-
-  def write_samples(self, step):
-    """Sample grids at each temperature: PNG (first temperature) and TensorBoard."""
-    if not self.is_chief:
-      return
-    with self.wall_time.phase(CHECKPOINTS):
-      for i, temperature in enumerate(self.cfg.sample_temperatures):
-        images = self.model.sample(self.cfg.num_samples, temperature,
-                                   seed=self.cfg.seed + step)
-        grid = summaries.image_grid(
-            summaries.to_display(images.numpy(), self.flow_config.levels))
-        self.writers.images('train', step, f'samples/temperature_{temperature:g}', grid)
-        if i == 0:
-          upscale = max(1, 256 // grid.shape[0])
-          summaries.save_png(os.path.join(self.model_dir, 'samples', f'step_{step}.png'),
-                             grid, upscale)
 
   def _save(self):
     with self.wall_time.phase(CHECKPOINTS):
@@ -210,7 +179,7 @@ class Trainer:
           lambda ctx: data.train_dataset(self.source, cfg.batch_size, cfg.seed,
                                          start, ctx))
       iterator = iter(dataset)
-      self._write_inputs(start)
+      self.images.inputs(start)
     step = start
     progress = _Progress(cfg, start)
     lengths = _LoopLengths(cfg)
@@ -238,7 +207,7 @@ class Trainer:
         self._save()
       if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.train_steps:
         self._held_out_evaluation(step)
-        self.write_samples(step)
+        self.images.samples(step)
     if self._stop_requested or self._early_stopped:
       if step % cfg.checkpoint_every:
         self._save()
@@ -246,16 +215,7 @@ class Trainer:
       logging.info('Stopped at step %d; checkpoint saved. Run again to resume.',
                    step)
     elif not self._early_stopped:
-      self.write_samples(step)
-
-  def _write_inputs(self, step):
-    """A grid of the first batch this run trains on (TensorBoard)."""
-    if not self.is_chief:
-      return
-    batch = next(iter(data.train_dataset(self.source, self.cfg.batch_size,
-                                         self.cfg.seed, step)))
-    self.writers.images('train', step, 'inputs', summaries.image_grid(
-        summaries.to_display(batch.numpy()[:64], self.flow_config.levels)))
+      self.images.samples(step)
 
   def _report_skipped(self, step, skipped, counters):
     """Logs the loop's skipped (non-finite) steps; stops a diverged run."""
@@ -272,6 +232,61 @@ class Trainer:
           f'{step}; stopping. The last good checkpoint is '
           f'{self.state.last_good_checkpoint()}. Try a lower --learning_rate, '
           '--warmup_steps or --clip_grad_norm.')
+
+
+def _check_setup(strategy, source, flow_config, cfg):
+  """Refuses a run whose parts do not fit together (a ValueError that says
+  which flag to change)."""
+  replicas = strategy.num_replicas_in_sync
+  if cfg.batch_size % replicas:
+    raise ValueError(f'--batch_size={cfg.batch_size} is not divisible by the '
+                     f'{replicas} replicas of the strategy')
+  if tuple(source.image_shape) != flow_config.image_shape:
+    raise ValueError(f'Data set {source.name} has images of shape '
+                     f'{source.image_shape}, the model expects '
+                     f'{flow_config.image_shape}')
+  if source.levels != flow_config.levels:
+    raise ValueError(f'Data set {source.name} has {source.levels} levels, '
+                     f'the model expects {flow_config.levels}')
+  if cfg.jit_compile and not isinstance(
+      strategy, (tf.distribute.OneDeviceStrategy, tf.distribute.TPUStrategy)):
+    raise ValueError(
+        '--xla needs --strategy=one_device (or tpu): the batch-norm moving '
+        'averages of mirrored variables synchronize across replicas, which '
+        'XLA-compiled code cannot do.')
+  hardware.check_precision(cfg.mixed_precision, strategy, cfg.allow_emulated_precision)
+
+
+class _RunImages:
+  """The images a run writes (none off the chief): a grid of the first batch
+  it trains on, and sample grids at each temperature (PNG and TensorBoard)."""
+
+  def __init__(self, model, source, cfg, levels, writers, model_dir, wall_time, is_chief):
+    self.model, self.source, self.cfg, self.levels = model, source, cfg, levels
+    self.writers, self.model_dir, self.wall_time = writers, model_dir, wall_time
+    self.is_chief = is_chief
+
+  def inputs(self, step):
+    if not self.is_chief:
+      return
+    batch = next(iter(data.train_dataset(self.source, self.cfg.batch_size,
+                                         self.cfg.seed, step)))
+    self.writers.images('train', step, 'inputs', summaries.image_grid(
+        summaries.to_display(batch.numpy()[:64], self.levels)))
+
+  def samples(self, step):
+    if not self.is_chief:
+      return
+    with self.wall_time.phase(CHECKPOINTS):
+      for i, temperature in enumerate(self.cfg.sample_temperatures):
+        images = self.model.sample(self.cfg.num_samples, temperature,
+                                   seed=self.cfg.seed + step)
+        grid = summaries.image_grid(summaries.to_display(images.numpy(), self.levels))
+        self.writers.images('train', step, f'samples/temperature_{temperature:g}', grid)
+        if i == 0:
+          upscale = max(1, 256 // grid.shape[0])
+          summaries.save_png(os.path.join(self.model_dir, 'samples', f'step_{step}.png'),
+                             grid, upscale)
 
 
 class _LoopLengths:
