@@ -153,8 +153,8 @@ class _StepCoder(flow_tree.Visitor):
     self.traced, self.fixed_maps = traced, fixed_maps
 
   def steps(self, node, value, inverse):
-    # A permutation (the squeeze) moves the values and their context; between
-    # two, the shape and the context stay, and the layers are coded in groups.
+    # A permutation (the squeeze) moves the values; between two, the shape
+    # stays, and the layers are coded in groups.
     parts, run = [], []
     for layer in node.layers:
       if layer.permutation() is None:
@@ -170,8 +170,8 @@ class _StepCoder(flow_tree.Visitor):
     return value
 
   def _groups(self, layers, value, inverse):
-    """Layers that keep the shape and the context, coded in groups (the
-    class docstring), in the walk's direction."""
+    """Layers that keep the shape, coded in groups (the class docstring), in
+    the walk's direction."""
     groups, joined = self._plan(layers, value)
     order = range(len(groups))
     for i in (reversed(order) if inverse else order):
@@ -266,7 +266,10 @@ class _StepCoder(flow_tree.Visitor):
     h = value.h
     if inverse and code_kept:
       h = self._affine(kept, h, value.k, inverse)
-    step_map = self._conditioned_map(head, conditioning, h, value.k, value.context)
+    layers = [head] + list(fixed)
+    data_context = (layer_run.advance_context(layers, value.context, inverse=True)
+                    if inverse else value.context)
+    step_map = self._conditioned_map(head, conditioning, h, value.k, data_context)
     if not isinstance(step_map, AffineMap):
       raise CodingError(f'{type(head).__name__} is conditioned but not affine.')
     if tail is not None:
@@ -276,7 +279,7 @@ class _StepCoder(flow_tree.Visitor):
     h = self._affine(step_map, h, value.k, inverse)
     if not inverse and code_kept:
       h = self._affine(kept, h, value.k, inverse)
-    return _Coded(h, value.k, value.context)
+    return _Coded(h, value.k, layer_run.advance_context(layers, value.context, inverse))
 
   def _layer(self, layer, value, inverse):
     context = layer_run.advance_context([layer], value.context, inverse)

@@ -78,7 +78,6 @@ class AffineMap:
     return AffineMap(self.scale * scale, self.shift * scale + shift, self.conditioning,
                      transformed_only=True)
 
-
   def after(self, first):
     """`first` (value-free, transforming every element this map transforms),
     then this map: y = (x p + q) a + b = x (p a) + (q a + b), float64-rounded.
