@@ -10,7 +10,9 @@ held-out split) and each N (the first N images): `Compressor` encode and
 decode at --coder_batch_size on the bits-back path (checked equal; the file
 a user gets is the smaller of that and WebP's, as the fallback picks), their
 rates once each layer's graph is traced (as the scoring rate is; the
-tracing, once per process and model, is the `set-up` column), the bound on the same images (the
+tracing, once per process and model, is the `set-up` column) and encode's
+split (the images and seconds up to the first full batch: the chain's start
+and its ramp of smaller batches; the rate after it), the bound on the same images (the
 mean over --draws single draws, K = 1) and the importance-weighted estimate
 (K = --dequant_samples), the model's scoring rate at the same batch
 (`bits_per_dim_estimates`, K = 1, traced once), and PNG (Pillow,
@@ -109,6 +111,22 @@ def _scoring_rate(model, images, batch):
   return len(images) / (time.perf_counter() - start)
 
 
+def _ramp_split(marks, batch):
+  """Where encode's time went (`marks`: seconds and images done after each
+  batch): up to the first batch of `batch` images (the chain's start, the
+  set-up and the ramp of smaller batches), and the rest."""
+  ramp_seconds, ramp_images = 0., 0
+  for seconds, done in marks:
+    if done - ramp_images >= batch:
+      break
+    ramp_seconds, ramp_images = seconds, done
+  rest_seconds, rest_images = (marks[-1][0] - ramp_seconds, marks[-1][1] - ramp_images
+                               ) if marks else (0., 0)
+  return {'ramp_images': ramp_images, 'ramp_encode_seconds': ramp_seconds,
+          'after_ramp_encode_images_per_sec': (rest_images / rest_seconds if rest_images
+                                               else float('nan'))}
+
+
 def _measure(model_dir):
   model, step, _ = checkpoints.restore_model(
       model_dir, best_checkpoint.resolve_checkpoint(model_dir, FLAGS.checkpoint))
@@ -124,9 +142,12 @@ def _measure(model_dir):
     start = time.perf_counter()
     compressor.decode(compressor.encode(split[:1])[0])  # traces every layer's graph
     set_up_seconds = time.perf_counter() - start
+    marks = []  # (seconds, images done) after each batch
     start = time.perf_counter()
-    blob, info = compressor.encode(images)
+    blob, info = compressor.encode(
+        images, progress=lambda done, total: marks.append((time.perf_counter() - start, done)))
     encode_seconds = time.perf_counter() - start
+    ramp = _ramp_split(marks, batch)
     start = time.perf_counter()
     decoded = compressor.decode(blob)
     decode_seconds = time.perf_counter() - start
@@ -148,7 +169,7 @@ def _measure(model_dir):
         'net': (info['file_bits'] - initial) / dims, 'initial_bits': initial,
         'start_images': info['start_images'], 'header_bits': info['header_bits'],
         'set_up_seconds': set_up_seconds, 'encode_images_per_sec': count / encode_seconds,
-        'decode_images_per_sec': count / decode_seconds,
+        'decode_images_per_sec': count / decode_seconds, **ramp,
         'scoring_images_per_sec': _scoring_rate(model, images, batch),
         **({name: float('nan') for name in _CODEC_COLUMNS} if FLAGS.speed_only else
            _codec_bits_per_dim(images))})
@@ -160,15 +181,18 @@ def main(argv):
   del argv
   rows = [row for model_dir in FLAGS.model_dirs for row in _measure(model_dir)]
   print('| run | deq | N | bound K=1 | IW K=16 | file (all-in) | bits-back file | net | '
-        'net / bound | start imgs | enc / dec / score img/s | set-up s | PNG each / mosaic | '
+        'net / bound | start imgs | enc / dec / score img/s | ramp imgs, s; enc img/s after | '
+        'set-up s | PNG each / mosaic | '
         'WebP each / mosaic | JPEG-XL each / mosaic |')
-  print('|' + '---|' * 15)
+  print('|' + '---|' * 16)
   for r in rows:
     print(f"| {r['run']} | {r['dequantization']} | {r['images']} | {r['bound']:.4f} | "
           f"{r['iw']:.4f} | {r['file']:.4f} | {r['bits_back_file']:.4f} | {r['net']:.4f} | "
           f"{r['net'] / r['bound']:.4f} | "
           f"{r['start_images']} | {r['encode_images_per_sec']:.0f} / "
           f"{r['decode_images_per_sec']:.0f} / {r['scoring_images_per_sec']:.0f} | "
+          f"{r['ramp_images']}, {r['ramp_encode_seconds']:.2f}; "
+          f"{r['after_ramp_encode_images_per_sec']:.0f} | "
           f"{r['set_up_seconds']:.1f} | "
           f"{r['png_each']:.3f} / {r['png_mosaic']:.3f} | {r['webp_each']:.3f} / "
           f"{r['webp_mosaic']:.3f} | {r['jxl_each']:.3f} / {r['jxl_mosaic']:.3f} |")
