@@ -338,12 +338,27 @@ def test_each_element_is_coded_once_per_coupling_that_transforms_it(models, monk
   assert all(2 * changed == size for changed, size in transformed)  # half the elements each
 
 
-def _steps_nodes(node):
-  if isinstance(node, flow_tree.Steps):
-    return [node]
-  inner = node.nodes if isinstance(node, flow_tree.Chain) else [node.inner if isinstance(
-      node, flow_tree.FactorOut) else node.node]
-  return [steps for child in inner for steps in _steps_nodes(child)]
+class _StepsNodes(flow_tree.Visitor):
+  """Collects a tree's runs of layers by walking it (no values)."""
+
+  def __init__(self):
+    self.nodes = []
+
+  def steps(self, node, value, inverse):
+    self.nodes.append(node)
+    return value
+
+  def split(self, value):
+    return value, value
+
+  def merge(self, value, factored, rest):
+    return value
+
+
+def _steps_nodes(tree):
+  visitor = _StepsNodes()
+  tree.walk(visitor, None)
+  return visitor.nodes
 
 
 # --- whole images in batches -------------------------------------------------------
