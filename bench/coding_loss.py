@@ -5,7 +5,7 @@ the ramp's take and gain (compressed_file.Ramp) at each.
 
     python bench/compression.py ...            # the files a user gets
     python bench/coding_loss.py --model_dir=runs/digits --split=train \\
-        --num_images=1000 --dequantization_precisions=8,4
+        --num_images=1000 --dequantization_precisions=8,4 --latent_precisions=0,12
 
 A single draw of the noise per image scatters the code length by about
 0.2 % over 1,000 digits: each precision is coded on --stacks stacks of
@@ -14,6 +14,7 @@ the standard error of that mean. Prints a table, then one JSON line with
 the CPU.
 """
 
+import itertools
 import json
 import os
 import sys
@@ -35,6 +36,8 @@ flags.DEFINE_integer('num_images', 1000, 'The first N images (after --every).',
                      lower_bound=1)
 flags.DEFINE_list('dequantization_precisions', ['0'],
                   'k_u to compare; 0: the default for the model.')
+flags.DEFINE_list('latent_precisions', ['0'],
+                  'k to compare (at each k_u); 0: the default for the model.')
 flags.DEFINE_integer('stacks', 4, 'Stacks of random words (draws) per precision.',
                      lower_bound=1)
 flags.DEFINE_integer('coder_batch_size', 64, 'Images per network call.')
@@ -71,8 +74,9 @@ def main(argv):
   bound = _bound(model, images, batch)
   dims = int(np.prod(images.shape[1:]))
   rows = []
-  for k_u in (int(k) for k in FLAGS.dequantization_precisions):
-    compressor = Compressor(model, Precisions(dequantization=k_u), batch_size=batch)
+  for k_u, k in itertools.product(*([int(p) for p in values] for values in (
+      FLAGS.dequantization_precisions, FLAGS.latent_precisions))):
+    compressor = Compressor(model, Precisions(dequantization=k_u, latent=k), batch_size=batch)
     ratios = [float(_payload_over_bound(compressor, images, bound, seed))
               for seed in range(FLAGS.stacks)]
     ramp = compressor._ramp(images[:min(batch, len(images))])  # pylint: disable=protected-access

@@ -35,7 +35,8 @@ points (coding_maps.MonotoneMap), and
 
 n(X) is the cell's image length ℓ = g'(ξ) 2^(k_out - k_in) rounded down or
 up, so the expected loss against log2 ℓ is at most 1 / (8 ℓ^2 ln 2) bits
-(below 10^-4 for ℓ >= 40, what the default latent grid gives). The first
+(0.001 bits for ℓ >= 12, the default latent grid's least ℓ, where
+the logit's slope is least). The first
 and the last cells are coded up to 2^12 times finer (`_edge_refinement`):
 their image may run to the latent side's cut-off, where Y drawn evenly over
 the image would not follow an even draw of X.

@@ -86,18 +86,28 @@ def dequantization_precision(dequantization):
   return 4 if dequantization == 'uniform' else 8
 
 
-def latent_precision(levels, dequantization):
+def latent_precision(levels, alpha, dequantization):
   """The default latent grid: the logit preprocessing maps a cell of 2^-k_u
-  pixel units onto at least 4 / L 2^(k - k_u) latent points (its slope is at
-  least 4 (1 - alpha) / L); k makes that >= 40, so its rounding loss stays
-  below 10^-4 bits per dimension (coding_steps.py)."""
-  return dequantization + math.ceil(math.log2(10. * levels))
+  pixel units onto at least ℓ = 4 (1 - alpha) / L 2^(k - k_u) latent points
+  (its least slope); k makes ℓ >= 12, a rounding loss below 1 / (8 ℓ^2 ln 2)
+  = 0.001 bits where the slope is least (coding_steps.py; the cells at the
+  ends lose more on coarser grids: docs/compression.md). A finer grid codes
+  no shorter but makes every image take a bit a dimension more back before
+  it gives any, which lengthens the chain's ramp of small batches
+  (compressed_file.Ramp)."""
+  return _logit_grid(levels, alpha, dequantization, points=12)
 
 
 def least_latent_precision(levels, alpha, dequantization):
   """The coarsest latent grid on which every cell of 2^-k_u pixel units still
-  holds a latent point: the logit's slope is at least 4 (1 - alpha) / L."""
-  return dequantization + max(0, math.ceil(math.log2(levels / (4. * (1. - alpha)))))
+  holds a latent point."""
+  return _logit_grid(levels, alpha, dequantization, points=1)
+
+
+def _logit_grid(levels, alpha, dequantization, points):
+  """The k at which the logit's least slope, 4 (1 - alpha) / L, maps a cell of
+  2^-k_u pixel units onto at least `points` latent points."""
+  return dequantization + max(0, math.ceil(math.log2(points * levels / (4. * (1. - alpha)))))
 
 
 class Compressor:
@@ -128,7 +138,7 @@ class Compressor:
       precisions = Precisions(dequantization_precision(config.dequantization),
                               precisions.latent, precisions.prior_bins)
     if not precisions.latent:
-      latent = latent_precision(config.levels, precisions.dequantization)
+      latent = latent_precision(config.levels, config.alpha, precisions.dequantization)
       precisions = Precisions(precisions.dequantization,
                               min(max(latent, precisions.prior_bins), 40),
                               precisions.prior_bins)

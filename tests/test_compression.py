@@ -438,11 +438,12 @@ def test_three_channels_and_constant_and_extreme_images_round_trip(dequantizatio
 
 
 def test_the_default_grids_follow_the_models_dequantization_and_levels(models):
-  # 17 levels: the latent grid is k_u + ceil(log2 170) = k_u + 8
-  assert Compressor(models['uniform']).precisions == Precisions(4, 12, 6)
-  assert Compressor(models['variational']).precisions == Precisions(8, 16, 6)
+  # 17 levels, alpha 0.05: the logit's least slope maps a cell onto
+  # 4 * 0.95 / 17 * 2^(k - k_u) latent points, at least 12 from k = k_u + 6
+  assert Compressor(models['uniform']).precisions == Precisions(4, 10, 6)
+  assert Compressor(models['variational']).precisions == Precisions(8, 14, 6)
   assert Compressor(models['uniform'], Precisions(dequantization=8)).precisions == (
-      Precisions(8, 16, 6))
+      Precisions(8, 14, 6))
 
 
 def test_another_precision_decodes_from_its_header(models):
