@@ -15,7 +15,9 @@ split (the images and seconds up to the first full batch: the chain's start
 and its ramp of smaller batches; the rate after it), the bound on the same images (the
 mean over --draws single draws, K = 1) and the importance-weighted estimate
 (K = --dequant_samples), the model's scoring rate at the same batch
-(`bits_per_dim_estimates`, K = 1, traced once), and PNG (Pillow,
+(`bits_per_dim_estimates`, K = 1, traced once) and at the coder's own
+batches (the start images as one batch, then the ramp's sizes and the full
+ones: what the networks alone cost in the chain's batch sizes), and PNG (Pillow,
 optimize=True), WebP lossless (Pillow, method 6) and JPEG-XL lossless
 (imagecodecs, effort 7) of the same images, each image alone and all in
 one mosaic (a near-square grid). Prints a table, then one JSON line with
@@ -36,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from real_nvp import best_checkpoint, checkpoints, cli_flags, hardware, image_codec  # noqa: E402
-from real_nvp.compression import Compressor  # noqa: E402
+from real_nvp.compression import Compressor, read_header  # noqa: E402
 
 flags.DEFINE_list('model_dirs', ['runs/digits'], 'Trained runs to measure.')
 flags.DEFINE_string('checkpoint', 'best', 'Which checkpoint of each run.')
@@ -111,6 +113,21 @@ def _scoring_rate(model, images, batch):
   return len(images) / (time.perf_counter() - start)
 
 
+def _scoring_rate_in_batches(model, images, sizes):
+  """Images/s of scoring `images` in consecutive batches of `sizes`, one
+  graph for every size (traced on one image first; each new size pays its
+  kernels' set-up, as the coder's batches do)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  score = tf.function(lambda x: model.bits_per_dim_estimates(x, seed=(0, 0)),
+                      input_signature=[tf.TensorSpec((None,) + images.shape[1:], tf.uint8)])
+  score(images[:1])['bits_per_dim'].numpy()
+  start, position = time.perf_counter(), 0
+  for size in sizes:
+    score(images[position:position + size])['bits_per_dim'].numpy()
+    position += size
+  return len(images) / (time.perf_counter() - start)
+
+
 def _ramp_split(marks, batch):
   """Where encode's time went (`marks`: seconds and images done after each
   batch): up to the first batch of `batch` images (the chain's start, the
@@ -171,6 +188,8 @@ def _measure(model_dir):
         'set_up_seconds': set_up_seconds, 'encode_images_per_sec': count / encode_seconds,
         'decode_images_per_sec': count / decode_seconds, **ramp,
         'scoring_images_per_sec': _scoring_rate(model, images, batch),
+        'scoring_at_coder_batches_images_per_sec': _scoring_rate_in_batches(
+            model, images, (start,) + read_header(blob)[0].batches()),
         **({name: float('nan') for name in _CODEC_COLUMNS} if FLAGS.speed_only else
            _codec_bits_per_dim(images))})
     print(json.dumps(rows[-1]), flush=True)
@@ -181,16 +200,18 @@ def main(argv):
   del argv
   rows = [row for model_dir in FLAGS.model_dirs for row in _measure(model_dir)]
   print('| run | deq | N | bound K=1 | IW K=16 | file (all-in) | bits-back file | net | '
-        'net / bound | start imgs | enc / dec / score img/s | ramp imgs, s; enc img/s after | '
+        'net / bound | start imgs | enc / dec / score img/s | score at the coder\'s batches | '
+        'ramp imgs, s; enc img/s after | '
         'set-up s | PNG each / mosaic | '
         'WebP each / mosaic | JPEG-XL each / mosaic |')
-  print('|' + '---|' * 16)
+  print('|' + '---|' * 17)
   for r in rows:
     print(f"| {r['run']} | {r['dequantization']} | {r['images']} | {r['bound']:.4f} | "
           f"{r['iw']:.4f} | {r['file']:.4f} | {r['bits_back_file']:.4f} | {r['net']:.4f} | "
           f"{r['net'] / r['bound']:.4f} | "
           f"{r['start_images']} | {r['encode_images_per_sec']:.0f} / "
           f"{r['decode_images_per_sec']:.0f} / {r['scoring_images_per_sec']:.0f} | "
+          f"{r['scoring_at_coder_batches_images_per_sec']:.0f} | "
           f"{r['ramp_images']}, {r['ramp_encode_seconds']:.2f}; "
           f"{r['after_ramp_encode_images_per_sec']:.0f} | "
           f"{r['set_up_seconds']:.1f} | "
