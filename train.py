@@ -63,16 +63,17 @@ def main(argv):
       if trainer.outcome == 'signal':
         return  # The checkpoint is saved.
       export_dir = os.path.join(model_dir, 'saved_model')
+      export_wanted = chief and trainer.cfg.export_checkpoint != 'none'
       if trainer.outcome == 'stopped_before':
-        if chief and not os.path.exists(export_dir):
+        if export_wanted and not os.path.exists(export_dir):
           _export(trainer, export_dir, wall_time)
         print(f'Nothing to do: early stopping ended this run at step '
               f'{trainer.best.early_stopped_at} (best {trainer.best.best[1]:.4f} at '
-              f'step {trainer.best.best[0]}); its SavedModel is in {export_dir}. '
+              f'step {trainer.best.best[0]})' +
+              (f'; its SavedModel is in {export_dir}. ' if export_wanted else '. ') +
               'Pass --train_past_early_stop to train on.')
         return
-      if chief:
-        exported = _export(trainer, export_dir, wall_time)
+      exported = _export(trainer, export_dir, wall_time) if export_wanted else None
   except (data.DataError, TrainingDiverged, ValueError, FileNotFoundError) as error:
     logging.error('%s', error)
     sys.exit(f'Error: {error}')
@@ -87,7 +88,9 @@ def main(argv):
   print(f'Held-out bits/dim ({source.name}, {source.eval_split_name}): '
         f'{eval_bpd:.4f} after {int(trainer.step.numpy())} steps; best {best_bpd:.4f} '
         f'at step {best_step}. Outputs in {model_dir}' +
-        (f'; the SavedModel holds step {exported}.' if chief else '.'))
+        (f'; the SavedModel holds step {exported}.' if exported is not None else
+         f'; {export_dir} is an earlier run\'s (--export_checkpoint=none).'
+         if chief and os.path.exists(export_dir) else '.'))
   print(wall_time.line())
 
 

@@ -60,7 +60,8 @@ def exactness():
 
 def determinism():
   """Two identical runs on one device: are their checkpoints bit-identical?"""
-  flags_ = ['--flagfile=flags/smoke.cfg', '--strategy=one_device', '--eval_every=0']
+  flags_ = ['--flagfile=flags/smoke.cfg', '--strategy=one_device', '--eval_every=0',
+            '--export_checkpoint=none']
   flags_ += (['--train_steps=6', '--num_scales=1', '--num_samples=4', '--eval_examples=16']
              if FLAGS.reduced else ['--train_steps=20'])
   folders = [os.path.join(FLAGS.out, f'determinism_{i}') for i in (0, 1)]

@@ -249,8 +249,9 @@ class TrainConfig:
       1, 'Dequantization draws K per image in training; K > 1 trains on the '
       'K-draw importance-weighted bound.', _at_least(1))
   export_checkpoint: str = _setting(
-      'best', 'Which checkpoint train.py exports: the best held-out one, or the '
-      'last.', choices=('best', 'last'))
+      'best', 'Which checkpoint train.py exports as its SavedModel: the best '
+      'held-out one, the last, or none (runs of a sweep; `eval.py --export_dir` '
+      'exports any checkpoint later).', choices=('best', 'last', 'none'))
   early_stopping_evals: int = _setting(
       0, 'Stop after this many held-out evaluations without improvement; 0: off. '
       'A run that stopped so is not continued by running it again, unless '

@@ -152,7 +152,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
   # resume too (the uniform path is the same machinery without them).
   # Loops of 4 steps: the signal is answered at a loop boundary (step 12).
   steps = ['--train_steps=30', '--checkpoint_every=1000', '--eval_every=0',
-           '--steps_per_loop=4',
+           '--steps_per_loop=4', '--export_checkpoint=none',
            '--dequantization=variational', '--dequant_feature_maps=4',
            '--dequant_couplings=1']
   _run_train(*TINY_FLAGS, *steps, f'--model_dir={tmp_path}/full')
@@ -171,6 +171,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
   assert 12 <= stopped_at < 30
   _run_train(*TINY_FLAGS, *steps, f'--model_dir={interrupted}')
 
+  assert not os.path.exists(f'{tmp_path}/full/saved_model')  # --export_checkpoint=none
   full = _checkpoint_values(f'{tmp_path}/full/ckpt-30')
   resumed = _checkpoint_values(f'{interrupted}/ckpt-30')
   assert full.keys() == resumed.keys()
