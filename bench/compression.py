@@ -115,7 +115,7 @@ def _scoring_rate(model, images, batch):
 
 def _scoring_rate_in_batches(model, images, sizes):
   """Images/s of scoring `images` in consecutive batches of `sizes`, one
-  graph for every size (traced on one image first; each new size pays its
+  graph for all sizes (traced on one image first; each new size pays its
   kernels' set-up, as the coder's batches do)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   score = tf.function(lambda x: model.bits_per_dim_estimates(x, seed=(0, 0)),
