@@ -84,14 +84,20 @@ def main(argv):
                'directory (free space, permissions) and run the same command again.')
     logging.error('%s', message)
     sys.exit(f'Error: {message}')
+  _report(trainer, source, eval_bpd, export_dir, exported, chief)
+  print(wall_time.line())
+
+
+def _report(trainer, source, eval_bpd, export_dir, exported, chief):
+  """The run's result line: the last and the best held-out bits/dim, and
+  which step the SavedModel holds (`exported`; None: not exported now)."""
   best_step, best_bpd = trainer.best.best
   print(f'Held-out bits/dim ({source.name}, {source.eval_split_name}): '
         f'{eval_bpd:.4f} after {int(trainer.step.numpy())} steps; best {best_bpd:.4f} '
-        f'at step {best_step}. Outputs in {model_dir}' +
+        f'at step {best_step}. Outputs in {trainer.model_dir}' +
         (f'; the SavedModel holds step {exported}.' if exported is not None else
          f'; {export_dir} is an earlier run\'s (--export_checkpoint=none).'
          if chief and os.path.exists(export_dir) else '.'))
-  print(wall_time.line())
 
 
 def _export(trainer, export_dir, wall_time):
