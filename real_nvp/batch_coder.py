@@ -9,6 +9,7 @@ coding_steps.py, a coupling and the batch norm after it as one affine group.
 """
 
 import copy
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
@@ -31,7 +32,7 @@ class BatchCoder:
   def __init__(self, model, precisions):
     self.model = model
     self.precisions = precisions
-    self._prior = GaussianPrior(precisions.prior_bins, precisions.latent)
+    self._set_priors(precisions)
     self._graphs = {}
     self._fixed_maps = {}  # the maps of layers that depend on no value (_StepCoder)
     self._u_tree = None  # the variational dequantizer's, read from u (_u_side)
@@ -40,9 +41,16 @@ class BatchCoder:
     """This coder at other precisions (a file's), sharing its layers' graphs
     and value-free maps, which do not depend on them."""
     coder = copy.copy(self)
-    coder.precisions = precisions
-    coder._prior = GaussianPrior(precisions.prior_bins, precisions.latent)
+    coder._set_priors(precisions)
     return coder
+
+  def _set_priors(self, precisions):
+    """The precisions, and the priors of the latents and of the variational
+    noise on their grids (the noise's walks code on its grid: `_noise`)."""
+    self.precisions = precisions
+    self._prior = GaussianPrior(precisions.prior_bins, precisions.latent)
+    self._noise = dataclasses.replace(precisions, latent=precisions.noise)
+    self._noise_prior = GaussianPrior(precisions.prior_bins, precisions.noise)
 
   def encode(self, stream, batch):
     """Codes uint8 images [B, H, W, C] onto `stream` (bits back)."""
@@ -78,16 +86,16 @@ class BatchCoder:
     """frac ~ q(.|x) on the grid 2^-k_u, decoded from the stream (bits back):
     ε under the prior, then ε -> v -> frac in decoding mode."""
     tree, context = self._u_side(batch)
-    eps = _Coded(self._prior.decode(stream, batch.shape, noise=True),
-                 self.precisions.latent, context)
-    return self._walk(stream, tree, eps, encoding=False).h
+    eps = _Coded(self._noise_prior.decode(stream, batch.shape, noise=True),
+                 self._noise.latent, context)
+    return self._walk(stream, tree, eps, encoding=False, precisions=self._noise).h
 
   def _give_back_variational(self, stream, images, frac):
     """Inverse of `_variational_fraction`: gives the noise's bits back."""
     tree, context = self._u_side(images)
     eps = self._walk(stream, tree, _Coded(frac, self.precisions.dequantization, context),
-                     encoding=True)
-    self._prior.encode(stream, eps.h, noise=True)
+                     encoding=True, precisions=self._noise)
+    self._noise_prior.encode(stream, eps.h, noise=True)
 
   def _u_side(self, images):
     """The dequantizer read from u's side: frac -> v = logit(frac) -> ε = g^-1(v)
@@ -98,10 +106,12 @@ class BatchCoder:
                                       flow_tree.Inverted(dequantizer.flow)])
     return self._u_tree, dequantizer.context(tf.constant(images))
 
-  def _walk(self, stream, tree, value, encoding):
+  def _walk(self, stream, tree, value, encoding, precisions=None):
     """Codes `value` through `tree`: data -> latent with the encoding steps
-    (`encoding`), else latent -> data with the decoding ones."""
-    coder = _StepCoder(stream, self.precisions, encoding, self.traced, self._fixed_maps)
+    (`encoding`), else latent -> data with the decoding ones; its latent side
+    on the grid of `precisions` (default: the model's)."""
+    coder = _StepCoder(stream, precisions or self.precisions, encoding, self.traced,
+                       self._fixed_maps)
     out = tree.walk(coder, value, inverse=not encoding)
     if out.h.shape != value.h.shape:
       raise CodingError('A flow tree changed the shape of what it codes.')

@@ -24,7 +24,7 @@ __all__ = ['Precisions', 'Ramp', 'Header', 'CompressedFileError', 'read_header',
            'read_varints']
 
 MAGIC = b'RZ'
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 MAX_DIMS = 2 ** 28  # H * W * C of one image, and of one batch
 
 
@@ -38,9 +38,10 @@ class Precisions:
 
   dequantization: the noise u on the grid 2^-k_u (pixel units); 0: chosen
     from the model's dequantization (Compressor).
-  latent: every value after the preprocessing on the grid 2^-k (the
-    dequantizer's too); 0: chosen from the model's levels (Compressor).
+  latent: every value of the model's flow after the preprocessing on the
+    grid 2^-k; 0: chosen from the model's levels (Compressor).
   prior_bins: the prior's bins are 2^-prior_bins wide.
+  `noise` (derived): the variational dequantizer's grid.
   """
   dequantization: int = 0
   latent: int = 0
@@ -58,6 +59,15 @@ class Precisions:
                        f'bins (--prior_bins_precision={self.prior_bins}): raise the '
                        'first, lower the second, or pass --latent_precision=0 (chosen '
                        'from the model).')
+
+  @property
+  def noise(self):
+    """The grid of the variational dequantizer's ε and v: its sigmoid, of
+    slope at most 1/4, maps a cell of frac (2^-k_u) onto at least 64 points
+    of 2^-(k_u + 4). The latent grid, finer, codes no shorter, but every
+    image would take more bits back before it gives any (Ramp; measured:
+    docs/compression.md)."""
+    return max(self.dequantization + 4, self.prior_bins)
 
 
 def platform_fingerprint(platform):
