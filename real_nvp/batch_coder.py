@@ -31,7 +31,6 @@ class BatchCoder:
 
   def __init__(self, model, precisions):
     self.model = model
-    self.precisions = precisions
     self._set_priors(precisions)
     self._graphs = {}
     self._fixed_maps = {}  # the maps of layers that depend on no value (_StepCoder)

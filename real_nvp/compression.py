@@ -9,7 +9,8 @@ same batch on both sides, so both compute the same bits):
  1. Dequantization, bits back: u = x + frac, frac on the grid 2^-k_u, is
     *decoded* from the stack. Uniform: k_u uniform bits per pixel.
     Variational: ε decoded under the prior, then the dequantizer's flow tree
-    walked ε -> v and its sigmoid v -> frac in decoding mode.
+    walked ε -> v and its sigmoid v -> frac in decoding mode, ε and v on
+    their own grid (Precisions.noise).
  2. The flow, local bits-back: u goes through the model's flow tree
     (`model.flow`): the logit preprocessing from the grid 2^-k_u to the
     latent grid 2^-k, every coupling with the batch norm after it as
