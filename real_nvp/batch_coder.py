@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from real_nvp import flow_tree, layer_run
+from real_nvp import flow_tree, layer_run, st_network
 from real_nvp.coding_maps import AffineMap, CodingError
 from real_nvp.coding_steps import (GaussianPrior, SigmoidStep, decode_affine,
                                    decode_monotone, encode_affine, encode_monotone)
@@ -25,14 +25,16 @@ __all__ = ['BatchCoder']
 class BatchCoder:
   """Codes batches of uint8 images with `model` (a RealNVP) in inference mode
   at `precisions` (compressed_file.Precisions, every field set). The maps of
-  value-free layers and each layer's graph are made on first use and kept:
-  make a new one after changing the weights. `traced` (per layer) may be
+  value-free layers and each layer's graph, with its networks' weights
+  folded (st_network.folded_weights), are made on first use and kept: make
+  a new one after changing the weights. `traced` (per layer) may be
   wrapped, as bench/coder_batches.py times the networks."""
 
   def __init__(self, model, precisions):
     self.model = model
     self._set_priors(precisions)
     self._graphs = {}
+    self._folded = {}  # the graphs' folded weights, by layer (variables they read)
     self._fixed_maps = {}  # the maps of layers that depend on no value (_StepCoder)
     self._u_tree = None  # the variational dequantizer's, read from u (_u_side)
 
@@ -103,7 +105,8 @@ class BatchCoder:
     if self._u_tree is None:
       self._u_tree = flow_tree.Chain([flow_tree.Steps([SigmoidStep()]),
                                       flow_tree.Inverted(dequantizer.flow)])
-    return self._u_tree, dequantizer.context(tf.constant(images))
+      self._graphs[dequantizer] = self._trace(dequantizer.context, images)
+    return self._u_tree, self._graphs[dequantizer](tf.constant(images))
 
   def _walk(self, stream, tree, value, encoding, precisions=None):
     """Codes `value` through `tree`: data -> latent with the encoding steps
@@ -117,21 +120,30 @@ class BatchCoder:
     return out
 
   def traced(self, layer, x, context):
-    """layer.coding_tensors(x, context) as one graph per layer, traced once for
-    any batch size, so that every batch on both sides runs the same kernels;
-    () without a call for the layers that compute none (batch norm, the
-    logit)."""
+    """layer.coding_tensors(x, context) as one graph per layer (`_trace`),
+    traced once for any batch size, so that every batch on both sides runs
+    the same kernels; () without a call for the layers that compute none
+    (batch norm, the logit)."""
+    inputs = [x] if context is None else [x, context]
     if layer not in self._graphs:
-      spec = [tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype)]
-      if context is not None:
-        spec.append(tf.TensorSpec((None,) + tuple(context.shape[1:]), context.dtype))
-      function = tf.function(lambda *inputs: layer.coding_tensors(*inputs),
-                             autograph=False).get_concrete_function(*spec)
+      function = self._trace(layer.coding_tensors, *inputs)
       self._graphs[layer] = function if function.structured_outputs else None
     function = self._graphs[layer]
     if function is None:
       return ()
-    return function(*([x] if context is None else [x, context]))
+    return function(*inputs)
+
+  def _trace(self, function, *inputs):
+    """`function` of tensors like `inputs`, any batch size, as one graph whose
+    networks read folded weights."""
+    spec = [tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype) for x in inputs]
+    with st_network.folded_weights(self._folded):
+      # One eager call on one image makes the folded weights, so that the
+      # graph is traced once (tf.function traces twice where it makes
+      # variables).
+      function(*[tf.zeros((1,) + tuple(x.shape[1:]), x.dtype) for x in inputs])
+      return tf.function(lambda *args: function(*args),
+                         autograph=False).get_concrete_function(*spec)
 
 
 class _Coded:

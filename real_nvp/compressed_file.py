@@ -24,7 +24,7 @@ __all__ = ['Precisions', 'Ramp', 'Header', 'CompressedFileError', 'read_header',
            'read_varints']
 
 MAGIC = b'RZ'
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 MAX_DIMS = 2 ** 28  # H * W * C of one image, and of one batch
 
 

@@ -5,13 +5,52 @@ batch normalization and weight normalization. The network returns raw
 parameters; the coupling's transform (transforms.py) turns them into s and t.
 """
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 
 from real_nvp import batch_statistics
 from real_nvp.batch_norm import batch_moments, global_sum
 
-__all__ = ['WeightNormConv2D', 'ResidualBatchNorm', 'STNetwork']
+__all__ = ['WeightNormConv2D', 'ResidualBatchNorm', 'STNetwork', 'folded_weights']
+
+_tracing = threading.local()
+
+
+@contextlib.contextmanager
+def folded_weights(store):
+  """Inference-mode networks traced inside read their weights folded once
+  into variables of their own: each convolution's weight-normalized kernel
+  and its bias, each batch norm's x * scale + shift (instead of the fused
+  kernel, which costs oneDNN ~70 us a call however small the batch). For
+  graphs called many times on a few images each (the lossless coder's,
+  batch_coder.py): they keep the weights of their first tracing. `store`, a
+  dict that must outlive the graphs, holds the variables by layer.
+
+  Variables, not constants: a oneDNN convolution whose filter is a
+  constant, run in a process that also runs the same convolution from a
+  variable, makes both non-deterministic (bench/mixed_filters.py)."""
+  previous = getattr(_tracing, 'store', None)
+  _tracing.store = store
+  try:
+    yield
+  finally:
+    _tracing.store = previous
+
+
+def _folded(layer, compute, dtype):
+  """The tensors `compute()` returns, evaluated once, outside the graph being
+  traced, into variables of the store, read as `dtype`; None outside
+  `folded_weights`."""
+  store = getattr(_tracing, 'store', None)
+  if store is None:
+    return None
+  if layer not in store:
+    with tf.init_scope():
+      store[layer] = [tf.Variable(tensor, trainable=False) for tensor in compute()]
+  return [tf.cast(variable, dtype) for variable in store[layer]]
 
 
 class WeightNormConv2D(keras.layers.Layer):
@@ -46,11 +85,15 @@ class WeightNormConv2D(keras.layers.Layer):
     self.bias = self.add_weight(
         name='bias', shape=(self.filters,), initializer='zeros')
 
-  def call(self, x):
+  def _kernel(self):
     norm = tf.sqrt(tf.reduce_sum(tf.square(self.direction), axis=[0, 1, 2]))
-    kernel = self.direction * (self.gain / norm)
-    return tf.nn.bias_add(
-        tf.nn.conv2d(x, kernel, strides=1, padding='SAME'), self.bias)
+    return self.direction * (self.gain / norm)
+
+  def call(self, x):
+    kernel, bias = _folded(
+        self, lambda: (self._kernel(), tf.convert_to_tensor(self.bias)), x.dtype) or (
+            self._kernel(), self.bias)
+    return tf.nn.bias_add(tf.nn.conv2d(x, kernel, strides=1, padding='SAME'), bias)
 
   def flops_per_example(self):
     """2 x multiply-adds of the convolution for one example (stride 1, SAME)."""
@@ -102,9 +145,12 @@ class ResidualBatchNorm(keras.layers.Layer):
       average.assign(average + (1. - self.momentum) * (tf.stop_gradient(batch) - average))
 
   def _normalize(self, x, mean, variance):
-    scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
-    shift = self.beta - mean * scale
+    scale, shift = self._affine_map(mean, variance)
     return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
+
+  def _affine_map(self, mean, variance):
+    scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
+    return scale, self.beta - mean * scale
 
   def _normalize_replayed(self, x, mean, variance):
     """Training-mode normalization with recorded batch statistics. Its
@@ -143,6 +189,10 @@ class ResidualBatchNorm(keras.layers.Layer):
       self._update_moving_averages(mean, variance)
       batch_statistics.record(self, mean, variance)
       return self._normalize(x, mean, variance)
+    folded = None if training else _folded(
+        self, lambda: self._affine_map(self.moving_mean, self.moving_variance), x.dtype)
+    if folded:
+      return x * folded[0] + folded[1]
     if not training and not fused:
       return self._normalize(x, self.moving_mean, self.moving_variance)
     y, mean, variance = tf.compat.v1.nn.fused_batch_norm(

@@ -11,6 +11,7 @@ from real_nvp.batch_norm import FlowBatchNorm, batch_moments
 from real_nvp.coupling import Coupling
 from real_nvp.preprocess import LogitPreprocess
 from real_nvp.squeeze import Squeeze
+from real_nvp.st_network import STNetwork, folded_weights
 
 SHAPES = [(4, 4, 2), (8, 8, 1), (8, 8, 3)]
 
@@ -202,3 +203,34 @@ def test_residual_batch_norm_fused_matches_moments():
   np.testing.assert_allclose(layer.moving_variance, 0.5 + 0.5 * variance, rtol=1e-5)
   expected = (x - layer.moving_mean) / np.sqrt(layer.moving_variance + 1e-4)
   np.testing.assert_allclose(layer(x, training=False), expected, atol=1e-4)
+
+
+def test_a_network_traced_with_folded_weights_computes_the_same_map():
+  """st_network.folded_weights (the lossless coder's graphs): the inference
+  outputs of the network, from variables of the store (folded kernels,
+  biases and batch-norm scales and shifts); the graph keeps the weights
+  of its tracing, and a new store sees new ones."""
+  network = STNetwork(out_channels=2, num_blocks=2, feature_maps=8, zero_init_output=False)
+  x = tf.random.stateless_normal((5, 4, 4, 3), seed=[3, 4])
+  network(x, training=True)  # builds, and moves the batch-norm averages
+  perturb(network)
+  spec = tf.TensorSpec((None, 4, 4, 3))
+
+  def trace(store):
+    with folded_weights(store):
+      return tf.function(lambda v: network(v, training=False),
+                         autograph=False).get_concrete_function(spec)
+
+  store = {}
+  folded = trace(store)
+  assert len(store) == 2 * (2 * 2 + 2) - 1  # 6 convolutions, 5 batch norms
+  read = {id(variable) for variables in store.values() for variable in variables}
+  assert not read & {id(variable) for variable in network.variables}
+  expected = network(x, training=False).numpy()
+  np.testing.assert_allclose(folded(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+  assert not np.all(expected == 0.)
+  perturb(network, seed=1)
+  np.testing.assert_allclose(folded(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(trace({})(x).numpy(), network(x, training=False).numpy(),
+                             rtol=1e-5, atol=1e-5)
+  assert np.max(np.abs(network(x, training=False).numpy() - expected)) > 1e-3
