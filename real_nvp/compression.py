@@ -116,8 +116,8 @@ class Compressor:
   mode, `batch_size` images per network call. `fallback`: the codec's own
   file where it is smaller (False: always bits-back after the chain's start,
   to measure the coder itself). The weights are those of its creation (the
-  fingerprint and the maps of value-free layers are read once): make a new
-  one after changing them."""
+  fingerprint, the networks' folded weights and the maps of value-free
+  layers are read once): make a new one after changing them."""
 
   def __init__(self, model, precisions=Precisions(), batch_size=64, fallback=True):
     if not isinstance(batch_size, int) or batch_size < 1:
