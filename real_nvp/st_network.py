@@ -27,7 +27,9 @@ def folded_weights(store):
   kernel, which costs oneDNN ~70 us a call however small the batch). For
   graphs called many times on a few images each (the lossless coder's,
   batch_coder.py): they keep the weights of their first tracing. `store`, a
-  dict that must outlive the graphs, holds the variables by layer.
+  dict that must outlive the graphs, holds the variables by layer. Trace
+  nothing in training mode inside: a convolution does not know the mode,
+  and no gradient reaches the weights through their folded copies.
 
   Variables, not constants: a oneDNN convolution whose filter is a
   constant, run in a process that also runs the same convolution from a
