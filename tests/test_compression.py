@@ -385,6 +385,27 @@ def test_round_trip_is_lossless_over_batches(models, dequantization, images):
   assert sum(header.batches()) + header.start_images == 30
 
 
+@pytest.mark.parametrize('dequantization', ['uniform', 'variational'])
+def test_the_coders_networks_read_their_folded_weights_only(models, dequantization):
+  """Every graph the coder traced (the couplings', the dequantizer's and its
+  context network's) reads the s/t networks' weights folded once
+  (st_network.folded_weights), none of the networks' own variables."""
+  model = models[dequantization]
+  compressor = Compressor(model, batch_size=4, fallback=False)
+  compressor.encode(data.load_dataset('digits').eval.images[:12])
+  trees = [model.flow] + ([model.dequantizer.flow] if dequantization == 'variational' else [])
+  networks = [layer.st_net for tree in trees for layer in tree.all_layers()
+              if isinstance(layer, Coupling)]
+  if dequantization == 'variational':
+    networks.append(model.dequantizer.context_net)
+  own = {id(variable.handle) for network in networks  # Keras wraps tf.Variables
+         for variable in network.variables}
+  graphs = [graph for graph in compressor.batch_coder._graphs.values() if graph is not None]
+  assert len(graphs) == len(networks) and own
+  for graph in graphs:
+    assert graph.variables and not own & {id(variable.handle) for variable in graph.variables}
+
+
 def test_the_ramp_is_replayed_from_two_numbers():
   """The batch sizes follow min(B, left, max(1, (S + done·gain) // take)),
   batch by batch; the header lists none of them."""
