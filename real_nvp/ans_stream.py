@@ -73,6 +73,16 @@ class Stream:
       index[large] = (high << split.shift) + self.decode_uniform(split.low_sizes(high))
     return index
 
+  def decode_symbols(self, symbols):
+    """decode_uniform of sizes that are each one symbol (UniformSizes.symbols)."""
+    index = self._ans.decode(self._uniform, symbols).astype(np.int64)
+    self._check_not_exhausted()
+    return index
+
+  def encode_symbols(self, index, symbols):
+    """Inverse of decode_symbols, for indices known to be in range."""
+    self._ans.encode_reverse(index.astype(np.int32), self._uniform, symbols)
+
   def encode_uniform(self, index, sizes):
     """Inverse of decode_uniform."""
     plan = sizes if isinstance(sizes, UniformSizes) else UniformSizes(sizes)

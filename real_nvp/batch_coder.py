@@ -106,7 +106,7 @@ class BatchCoder:
       self._u_tree = flow_tree.Chain([flow_tree.Steps([SigmoidStep()]),
                                       flow_tree.Inverted(dequantizer.flow)])
       self._graphs[dequantizer] = self._trace(dequantizer.context, images)
-    return self._u_tree, self._graphs[dequantizer](tf.constant(images))
+    return self._u_tree, self._graphs[dequantizer](tf.constant(images)).numpy()
 
   def _walk(self, stream, tree, value, encoding, precisions=None):
     """Codes `value` through `tree`: data -> latent with the encoding steps
@@ -124,7 +124,7 @@ class BatchCoder:
     traced once for any batch size, so that every batch on both sides runs
     the same kernels; () without a call for the layers that compute none
     (batch norm, the logit)."""
-    inputs = [x] if context is None else [x, context]
+    inputs = [x] if context is None else [x, tf.constant(context)]
     if layer not in self._graphs:
       function = self._trace(layer.coding_tensors, *inputs)
       self._graphs[layer] = function if function.structured_outputs else None
@@ -148,7 +148,9 @@ class BatchCoder:
 
 class _Coded:
   """A coding walk's value: int64 values h on the grid 2^-k, and the context
-  in h's layout (the variational dequantizer's; else None)."""
+  in h's layout (the variational dequantizer's, a float32 numpy array, so
+  that a squeeze moves it as it moves h, without TensorFlow's per-op cost;
+  else None)."""
 
   def __init__(self, h, k, context=None):
     self.h, self.k, self.context = h, k, context
@@ -303,11 +305,12 @@ class _StepCoder(flow_tree.Visitor):
     return _Coded(h, value.k, layer_run.advance_context(layers, value.context, inverse))
 
   def _layer(self, layer, value, inverse):
-    context = layer_run.advance_context([layer], value.context, inverse)
     permutation = layer.permutation()
-    if permutation is not None:
+    if permutation is not None:  # the context (numpy, like h) moves with the values
       move = permutation.inverse_fn if inverse else permutation.forward
-      return _Coded(move(value.h), value.k, context)
+      return _Coded(move(value.h), value.k,
+                    None if value.context is None else move(value.context))
+    context = layer_run.advance_context([layer], value.context, inverse)
     step_map = self._fixed_map(layer, value)  # conditioned layers are coded in groups
     if isinstance(step_map, AffineMap):
       return _Coded(self._affine(step_map, value.h, value.k, inverse), value.k, context)

@@ -49,6 +49,7 @@ class AffineMap:
     self.scale, self.shift = scale, shift
     self.conditioning = conditioning
     self.transformed_only = transformed_only
+    self._reads = {}  # `_read_where`'s, by conditioning
 
   def transformed_parameters(self, event_shape):
     """(scale, shift), each [1 or B, n]: the parameters of the elements the
@@ -71,10 +72,7 @@ class AffineMap:
     if not self.transformed_only:
       return AffineMap(self.scale * other.scale, self.shift * other.scale + other.shift,
                        self.conditioning)
-    # `other` read where this map transforms: its parameters broadcast over
-    # the batch, so that costs an image's worth, not a batch's
-    scale, shift = _at_transformed((other.scale, other.shift), self.conditioning,
-                                   self.conditioning.shape)
+    scale, shift = other._read_where(self.conditioning)
     return AffineMap(self.scale * scale, self.shift * scale + shift, self.conditioning,
                      transformed_only=True)
 
@@ -89,12 +87,23 @@ class AffineMap:
       raise ValueError('The first map must be value-free and transform every element '
                        'that the second transforms.')
     if self.transformed_only:
-      scale, shift = _at_transformed((first.scale, first.shift), self.conditioning,
-                                     self.conditioning.shape)
+      scale, shift = first._read_where(self.conditioning)
     else:
       scale, shift = first.scale, first.shift
     return AffineMap(scale * self.scale, shift * self.scale + self.shift, self.conditioning,
                      self.transformed_only)
+
+  def _read_where(self, conditioning):
+    """(scale, shift) [1, n] of this map, whose parameters broadcast over the
+    batch (it conditions on nothing), at the elements outside
+    `conditioning` (the ones another map transforms): an image's worth,
+    worked out once per conditioning (a coder composes the same value-free
+    maps with every batch's)."""
+    key = (conditioning.shape, conditioning.tobytes())
+    if key not in self._reads:
+      self._reads[key] = _at_transformed((self.scale, self.shift), conditioning,
+                                         conditioning.shape)
+    return self._reads[key]
 
 
 def _at_transformed(parameters, conditioning, event_shape):

@@ -136,11 +136,11 @@ def encode_affine(stream, step_map, x, k):
   x_b = _transformed(x, mask)
   _check_range(x_b, r_size)
   y_b = np.empty_like(x_b)
-  r_plan, s_plan = UniformSizes(r_size), UniformSizes(s_size)
+  decode, encode = _run_coders(stream, r_size, s_size)
   for run in _runs(x_b.size):
-    v = x_b[run] * r_size[run] + stream.decode_uniform(r_plan[run])
+    v = x_b[run] * r_size[run] + decode(run)
     y_b[run], remainder = np.divmod(v, s_size[run])
-    stream.encode_uniform(remainder, s_plan[run])
+    encode(remainder, run)
   return _with_transformed(x, mask, y_b + shift)
 
 
@@ -150,12 +150,26 @@ def decode_affine(stream, step_map, y, k):
   y_b = _transformed(y, mask) - shift
   _check_range(y_b, s_size)
   x_b = np.empty_like(y_b)
-  r_plan, s_plan = UniformSizes(r_size), UniformSizes(s_size)
+  decode, encode = _run_coders(stream, s_size, r_size)
   for run in reversed(_runs(y_b.size)):
-    v = y_b[run] * s_size[run] + stream.decode_uniform(s_plan[run])
+    v = y_b[run] * s_size[run] + decode(run)
     x_b[run], remainder = np.divmod(v, r_size[run])
-    stream.encode_uniform(remainder, r_plan[run])
+    encode(remainder, run)
   return _with_transformed(y, mask, x_b)
+
+
+def _run_coders(stream, decoded_sizes, encoded_sizes):
+  """(decode(run), encode(values, run)): an affine step's uniform indices of
+  a run of its elements, sizes planned once for all runs. Where every size
+  is one symbol (one of R, S a power of two up to 2^24, the other up to
+  2^12: all but scales beyond 2^+-12), straight to the stream's symbols,
+  unchecked: the remainders of a division are in range by construction."""
+  decoded, encoded = UniformSizes(decoded_sizes), UniformSizes(encoded_sizes)
+  if decoded.symbols is None or encoded.symbols is None:
+    return (lambda run: stream.decode_uniform(decoded[run]),
+            lambda values, run: stream.encode_uniform(values, encoded[run]))
+  return (lambda run: stream.decode_symbols(decoded.symbols[run]),
+          lambda values, run: stream.encode_symbols(values, encoded.symbols[run]))
 
 
 def _cells(step_map, x, k_in, k_out):

@@ -74,7 +74,9 @@ def _affine_cases():
   shape = (3, 4, 4, 2)
   scales = {'near_one': np.exp(rng.normal(0, 0.5, shape)),
             'far_from_one': np.exp(rng.choice([-9., 9.], shape) + rng.normal(0, 1, shape)),
-            'extreme': rng.choice([2. ** -20, 2. ** 20], shape)}
+            'extreme': rng.choice([2. ** -20, 2. ** 20], shape),
+            # R = 1: sizes that are no symbol, the stream's general path
+            'below_the_grid': rng.choice([2. ** -26, 2. ** -30], shape)}
   return {name: coding_maps.AffineMap(scale, rng.normal(0, 3, shape),
                                       conditioning=np.arange(32).reshape(4, 4, 2) % 3 == 0)
           for name, scale in scales.items()}
