@@ -309,12 +309,13 @@ class GaussianPrior:
                             np.full(2 * beyond.size, _ESCAPE_SIZE))
     level, offset = self._levels(np.minimum(distance, self._tail_end - 1))
     level = np.where(far, len(self._tail_levels), level)
-    for j in reversed(range(len(self._tail_levels))):
+    # the levels an element reaches, deepest first (of some 270 levels, the
+    # few a batch's tails reach: no empty ones asked for)
+    for j in reversed(range(min(len(self._tail_levels), level.max(initial=-1) + 1))):
       here = level >= j
-      if here.any():
-        beyond_symbol = len(self._tail_levels[j][1]) - 1
-        stream.encode_categorical(np.where(level[here] == j, offset[here], beyond_symbol),
-                                  self._models[j + 1])
+      beyond_symbol = len(self._tail_levels[j][1]) - 1
+      stream.encode_categorical(np.where(level[here] == j, offset[here], beyond_symbol),
+                                self._models[j + 1])
     symbols = np.where(above, 2 * self._centre + 1, np.where(below, 2 * self._centre,
                                                              bins + self._centre))
     stream.encode_categorical(symbols, self._models[0])

@@ -49,7 +49,7 @@ def _define_flags():
   flags.DEFINE_integer('dequantization_precision', Precisions.dequantization,
                        'Bits below the pixel unit at which the dequantization '
                        'noise is taken back; 0: chosen from the model (4 for uniform '
-                       'noise, 8 for variational).')
+                       'noise, 6 for variational).')
   flags.DEFINE_integer('latent_precision', Precisions.latent,
                        'The latent grid is 2^-N; 0: chosen from the levels.')
   flags.DEFINE_integer('prior_bins_precision', Precisions.prior_bins,

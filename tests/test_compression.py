@@ -464,8 +464,8 @@ def test_the_default_grids_follow_the_models_dequantization_and_levels(models):
   # 17 levels, alpha 0.05: the logit's least slope maps a cell onto
   # 4 * 0.95 / 17 * 2^(k - k_u) latent points, at least 12 from k = k_u + 6
   assert Compressor(models['uniform']).precisions == Precisions(4, 10, 6)
-  assert Compressor(models['variational']).precisions == Precisions(8, 14, 6)
-  assert Compressor(models['variational']).precisions.noise == 12  # k_u + 4
+  assert Compressor(models['variational']).precisions == Precisions(6, 12, 6)
+  assert Compressor(models['variational']).precisions.noise == 10  # k_u + 4
   assert Compressor(models['uniform'], Precisions(dequantization=8)).precisions == (
       Precisions(8, 14, 6))
 
