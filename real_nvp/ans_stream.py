@@ -59,9 +59,7 @@ class Stream:
     array or UniformSizes."""
     plan = sizes if isinstance(sizes, UniformSizes) else UniformSizes(sizes)
     if plan.symbols is not None:  # every size one symbol: no masks
-      index = self._ans.decode(self._uniform, plan.symbols).astype(np.int64)
-      self._check_not_exhausted()
-      return index
+      return self.decode_symbols(plan.symbols)
     sizes, direct, large = plan.sizes, plan.direct, plan.large
     index = np.zeros(sizes.shape, np.int64)
     if direct.any():
@@ -91,7 +89,7 @@ class Stream:
     if np.any((index < 0) | (index >= sizes)):
       raise ValueError('A uniform index is outside its range.')
     if plan.symbols is not None:
-      self._ans.encode_reverse(index.astype(np.int32), self._uniform, plan.symbols)
+      self.encode_symbols(index, plan.symbols)
       return
     if large.any():
       split = _Split(sizes[large])
