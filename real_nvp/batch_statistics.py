@@ -23,15 +23,14 @@ The scope is per thread: the replicas of a MirroredStrategy trace their
 step in threads of their own, over the same layers.
 """
 
-import contextlib
-import threading
-
 import tensorflow as tf
+
+from real_nvp.thread_scope import ThreadScope
 
 __all__ = ['StatisticsRecord', 'recording', 'replaying', 'is_replaying', 'record',
            'replay', 'stored']
 
-_scope = threading.local()
+_scope = ThreadScope()
 
 
 class StatisticsRecord:
@@ -53,46 +52,32 @@ class StatisticsRecord:
     return self._statistics[id(layer)]
 
 
-@contextlib.contextmanager
-def _active(**state):
-  previous = getattr(_scope, 'state', None)
-  _scope.state = state
-  try:
-    yield
-  finally:
-    _scope.state = previous
-
-
 def recording(statistics_record):
   """Scope in which training-mode batch norms store their statistics."""
-  return _active(record=statistics_record, replay=False)
+  return _scope.holding({'record': statistics_record, 'replay': False})
 
 
 def replaying(statistics_record):
   """Scope in which training-mode batch norms use the stored statistics."""
-  return _active(record=statistics_record, replay=True)
-
-
-def _state():
-  return getattr(_scope, 'state', None)
+  return _scope.holding({'record': statistics_record, 'replay': True})
 
 
 def is_replaying():
   """Whether training-mode batch norms in this thread replay stored statistics."""
-  state = _state()
+  state = _scope.value()
   return bool(state and state['replay'])
 
 
 def record(layer, mean, variance):
   """Stores what `layer` normalized with, if this thread is recording."""
-  state = _state()
+  state = _scope.value()
   if state and not state['replay']:
     state['record'].store(layer, mean, variance)
 
 
 def stored(layer):
   """The (mean, variance) `layer` normalized with in the pass being replayed."""
-  state = _state()
+  state = _scope.value()
   if not (state and state['replay']):
     raise ValueError(
         f'{layer.name}: the training-mode inverse needs the batch statistics of '

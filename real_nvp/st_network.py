@@ -5,21 +5,18 @@ batch normalization and weight normalization. The network returns raw
 parameters; the coupling's transform (transforms.py) turns them into s and t.
 """
 
-import contextlib
-import threading
-
 import keras
 import tensorflow as tf
 
 from real_nvp import batch_statistics
 from real_nvp.batch_norm import batch_moments, global_sum
+from real_nvp.thread_scope import ThreadScope
 
 __all__ = ['WeightNormConv2D', 'ResidualBatchNorm', 'STNetwork', 'folded_weights']
 
-_tracing = threading.local()
+_tracing = ThreadScope()
 
 
-@contextlib.contextmanager
 def folded_weights(store):
   """Inference-mode networks traced inside read their weights folded once
   into variables of their own: each convolution's weight-normalized kernel
@@ -34,19 +31,14 @@ def folded_weights(store):
   Variables, not constants: a oneDNN convolution whose filter is a
   constant, run in a process that also runs the same convolution from a
   variable, makes both non-deterministic (bench/mixed_filters.py)."""
-  previous = getattr(_tracing, 'store', None)
-  _tracing.store = store
-  try:
-    yield
-  finally:
-    _tracing.store = previous
+  return _tracing.holding(store)
 
 
 def _folded(layer, compute, dtype):
   """The tensors `compute()` returns, evaluated once, outside the graph being
   traced, into variables of the store, read as `dtype`; None outside
   `folded_weights`."""
-  store = getattr(_tracing, 'store', None)
+  store = _tracing.value()
   if store is None:
     return None
   if layer not in store:
