@@ -33,7 +33,7 @@ from real_nvp.train_lib import Trainer  # noqa: E402
 # inverting backward pass) is in every scale alike; the multi-scale flow's own
 # gradients under each mode are tested on one device (test_memory_saving.py).
 CONFIG = preset('digits', num_scales=1, num_blocks=1, feature_maps=8,
-                dequant_feature_maps=4)
+                dequant_feature_maps=4, dequant_couplings=1)
 
 
 def _weights(trainer):
