@@ -35,7 +35,7 @@ def test_metrics_of_separated_and_identical_sets():
 @pytest.fixture(scope='module')
 def moons():
   points, colour = toy.two_moons(2000, seed=0)
-  return points, colour, toy.train_toy(points, steps=300, seed=0)
+  return points, colour, toy.train_toy(points, steps=150, seed=0)
 
 
 def test_toy_flow_beats_the_prior_and_round_trips(moons):
