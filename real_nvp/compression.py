@@ -42,7 +42,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from real_nvp import hardware, image_codec
+from real_nvp import chain_start, hardware, image_codec
 from real_nvp.ans_stream import StackExhausted, Stream
 from real_nvp.batch_coder import BatchCoder
 from real_nvp.coding_maps import CodingError
@@ -194,15 +194,16 @@ class Compressor:
     start and the bits-back batches after it; None when the start takes
     every image."""
     ramp = self._ramp(images[:min(self.batch_size, len(images))])
-    stream, start = None, self._start_images(images, ramp.take)
-    start_bytes = b''
+    start, start_bytes = chain_start.start_images(images, ramp.take + 64)
+    stream = None
     while stream is None and start < len(images):
-      start_bytes = image_codec.encode(images[:start])
       try:
         stream = self._encode_batches(images, start, start_bytes, ramp, progress)
       except _RampTooFast as slower:  # coded again from the start, with a slower ramp
         ramp = slower.ramp
-        start = max(start, self._start_images(images, ramp.take))
+        more, more_bytes = chain_start.start_images(images, ramp.take + 64)
+        if more > start:
+          start, start_bytes = more, more_bytes
     if stream is None:
       return None, start, start_bytes, ramp
     return np.asarray(stream.words(), '<u4').tobytes(), start, start_bytes, ramp
@@ -219,20 +220,6 @@ class Compressor:
     take = (before - stream.low_water) / len(batch)
     gain = (stream.valid_bits() - before) / len(batch)
     return Ramp(math.ceil(_MARGIN * take) + 1, max(0, math.floor(_GAIN_SHARE * gain)))
-
-  def _start_images(self, images, take):
-    """The fewest first images whose codec bytes hold what one image takes."""
-    count = 1
-    while count < len(images) and 8 * len(image_codec.encode(images[:count])) < take + 64:
-      count = min(len(images), 2 * count)
-    low = count // 2 + 1 if count > 1 else 1
-    while low < count:  # the smallest that holds enough
-      middle = (low + count) // 2
-      if 8 * len(image_codec.encode(images[:middle])) >= take + 64:
-        count = middle
-      else:
-        low = middle + 1
-    return count
 
   def _encode_batches(self, images, start, start_bytes, ramp, progress):
     """The bits-back batches after the chain's start, on a stack that starts

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import perturb, tiny_trainer
-from real_nvp import (FlowConfig, RealNVP, ans_stream, coding_maps, coding_steps,
-                      compressed_file, data, flow_tree, image_codec, model_dir_layout,
+from real_nvp import (FlowConfig, RealNVP, ans_stream, chain_start, coding_maps,
+                      coding_steps, compressed_file, data, flow_tree, image_codec, model_dir_layout,
                       preset)
 from real_nvp.batch_norm import FlowBatchNorm
 from real_nvp.coupling import Coupling
@@ -511,6 +511,24 @@ def test_the_chain_start_never_loses_to_the_codec(models):
     assert info['start_images'] == count
   blob, info = Compressor(models['uniform'], batch_size=8).encode(images)
   assert len(blob) * 8 <= info['header_bits'] + 8 * len(image_codec.encode(images))
+
+
+@pytest.mark.parametrize('shape', [(8, 8, 1), (16, 16, 3)])
+def test_the_chain_start_is_the_fewest_images_whose_codec_bytes_hold_the_bits(shape):
+  """Against every count's codec size in turn, for thresholds from below
+  one image to beyond all of them (the search assumes sizes that grow with
+  the count, as these do)."""
+  rng = np.random.default_rng(3)
+  images = (rng.integers(0, 4, (12,) + shape) * rng.integers(1, 60, (12, 1, 1, 1))
+            ).astype(np.uint8)
+  sizes = [8 * len(image_codec.encode(images[:n])) for n in range(1, 13)]
+  assert sizes == sorted(sizes)
+  for bits in [1, sizes[0], sizes[0] + 1, sizes[4] - 1, sizes[4], sizes[10] + 1,
+               sizes[11], sizes[11] + 1] + list(rng.integers(sizes[0], sizes[11], 6)):
+    count, start_bytes = chain_start.start_images(images, int(bits))
+    expected = next((n for n, size in enumerate(sizes, 1) if size >= bits), 12)
+    assert count == expected, (bits, sizes)
+    assert start_bytes == image_codec.encode(images[:count])
 
 
 @pytest.fixture(scope='module')
