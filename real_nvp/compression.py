@@ -173,7 +173,8 @@ class Compressor:
       whole = pool.submit(image_codec.encode, images) if self.fallback else None
       payload, start, start_bytes, ramp = self._bits_back(images, progress)
       if payload is None or whole is not None:
-        codec = image_codec.encode(images) if whole is None else whole.result()
+        # without bits-back, the start holds every image: its bytes are the codec's file
+        codec = start_bytes if whole is None else whole.result()
         if payload is None or len(codec) <= len(payload):
           # the codec's file: every image in the start, its bytes the payload
           start, start_bytes, payload, ramp = len(images), codec, codec, Ramp()

@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from conftest import perturb, tiny_trainer
 from real_nvp import (FlowConfig, RealNVP, ans_stream, chain_start, coding_maps,
-                      coding_steps, compressed_file, data, flow_tree, image_codec, model_dir_layout,
-                      preset)
+                      coding_steps, compressed_file, data, flow_tree, image_codec,
+                      model_dir_layout, preset)
 from real_nvp.batch_norm import FlowBatchNorm
 from real_nvp.coupling import Coupling
 from real_nvp.compression import CompressedFileError, Compressor, Precisions
