@@ -16,12 +16,9 @@ import sys
 
 from absl import app, flags, logging
 
+# real_nvp before TensorFlow: it chooses TF's CPU kernels (hardware.py).
+from real_nvp import cli_flags
 from real_nvp import config as config_lib
-from real_nvp import (best_checkpoint, checkpoints, cli_flags, data, distribute, export,
-                      figures, hardware, model_dir_layout, ood, storage, summaries)
-from real_nvp.dequantization import MAX_DEQUANT_SAMPLES
-from real_nvp.evaluation import Evaluator, write_scores
-from real_nvp.progress import progress_printer
 
 cli_flags.define_flags()
 flags.DEFINE_enum('split', 'eval', ['eval', 'train'],
@@ -30,7 +27,7 @@ flags.DEFINE_string('checkpoint', None,
                     'Checkpoint path, or "best" (the best held-out checkpoint of '
                     'training); default: the newest readable one.')
 flags.DEFINE_integer('dequant_samples', 1, lower_bound=1,
-                     upper_bound=MAX_DEQUANT_SAMPLES, help=
+                     upper_bound=config_lib.MAX_DEQUANT_SAMPLES, help=
                      'Dequantization draws K per image: the bound averages them, '
                      'the importance-weighted estimate (bits_per_dim_iw) combines '
                      'them. Drawn one at a time: memory does not grow with K.')
@@ -53,6 +50,14 @@ flags.DEFINE_string('ood_dataset', None,
                     "model's shape and levels) and report out-of-distribution "
                     'detection with bits/dim and typicality as the score.')
 FLAGS = flags.FLAGS
+if __name__ == '__main__':
+  cli_flags.parse_before_tensorflow(sys.argv)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from real_nvp import (best_checkpoint, checkpoints, data, distribute, export,  # noqa: E402
+                      figures, hardware, model_dir_layout, ood, storage, summaries)
+from real_nvp.evaluation import Evaluator, write_scores  # noqa: E402
+from real_nvp.progress import progress_printer  # noqa: E402
 
 
 def _write_figures(model, source, model_dir, step, writers):

@@ -19,15 +19,19 @@ import sys
 from absl import app, flags, logging
 
 # real_nvp before TensorFlow: it chooses TF's CPU kernels (hardware.py).
-from real_nvp import (checkpoints, cli_flags, data, distribute, export, hardware,
-                      model_dir_layout, storage)
+from real_nvp import cli_flags
+
+cli_flags.define_flags()
+FLAGS = flags.FLAGS
+if __name__ == '__main__':
+  cli_flags.parse_before_tensorflow(sys.argv)
+
+from real_nvp import (checkpoints, data, distribute, export, hardware, model_dir_layout,
+                      storage)
 import tensorflow as tf  # noqa: E402  pylint: disable=g-bad-import-order
 from real_nvp.model_dir_lock import ModelDirLock
 from real_nvp.train_lib import Trainer, TrainingDiverged
 from real_nvp.wall_time import EXPORT, START_UP, WallTime
-
-cli_flags.define_flags()
-FLAGS = flags.FLAGS
 
 
 def main(argv):

@@ -4,18 +4,19 @@ Architecture flags left unset take the data set's preset (paper §4.1); see
 `python train.py --helpfull`. Flag files in flags/ carry the paper's runs.
 The training flags are TrainConfig's fields, checked when they are parsed
 (a bad value stops the program with the flag and the reason, before
-anything is written).
+anything is written). This module imports no TensorFlow, so that an entry
+point parses its flags first (`parse_before_tensorflow`).
 """
 
 import dataclasses
 import os
 
-from absl import flags
+from absl import app, flags
 
 from real_nvp import config as config_lib
-from real_nvp import data, distribute, model_dir_layout
+from real_nvp.tfds_sets import TFDS_DATASETS
 
-__all__ = ['define_flags', 'define_strategy_flag', 'define_train_settings',
+__all__ = ['define_flags', 'parse_before_tensorflow', 'define_strategy_flag', 'define_train_settings',
            'define_architecture_flags', 'architecture_overrides', 'flow_config',
            'train_config', 'model_dir', 'DATA_FLAGS', 'ARCHITECTURE_FLAGS', 'run_data_source']
 
@@ -27,7 +28,7 @@ def define_flags():
   # Data.
   flags.DEFINE_string('dataset', 'digits',
                       'digits | npz:PATH | folder:PATH | ' +
-                      ' | '.join(sorted(data.TFDS_DATASETS)))
+                      ' | '.join(sorted(TFDS_DATASETS)))
   flags.DEFINE_string('data_dir', None, 'TFDS data directory (prepared offline).')
   flags.DEFINE_integer('image_size', 32, 'Side of the square images of folder:PATH.')
   flags.DEFINE_integer('image_channels', 3, 'Channels (1 or 3) of folder:PATH.')
@@ -44,8 +45,16 @@ def define_flags():
   define_architecture_flags()
 
 
+def parse_before_tensorflow(argv):
+  """For an entry point run as a script: parses `argv` before the script
+  imports TensorFlow (~6 s), so that --help or a bad flag answers at once,
+  in absl's words (app.run parses them again)."""
+  app.define_help_flags()
+  app.parse_flags_with_usage(argv)
+
+
 def define_strategy_flag():
-  flags.DEFINE_enum('strategy', 'mirrored', distribute.STRATEGIES,
+  flags.DEFINE_enum('strategy', 'mirrored', config_lib.STRATEGIES,
                     'tf.distribute strategy.')
 
 
@@ -129,6 +138,7 @@ def run_data_source(model_dir, split='eval', flag_values=flags.FLAGS):
   """The data set a run in `model_dir` trained on (its data.json), unless the
   data flags name another; `split='train'` puts the training split where the
   held-out one is (to score or code it)."""
+  from real_nvp import data, model_dir_layout  # pylint: disable=g-import-not-at-top
   settings = {name: flag_values[name].value for name in DATA_FLAGS}
   stored = model_dir_layout.read_data_settings(model_dir)
   settings.update({k: v for k, v in stored.items() if not flag_values[k].present})

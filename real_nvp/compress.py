@@ -27,11 +27,8 @@ import time
 from absl import app, flags, logging
 
 # real_nvp before TensorFlow: it chooses TF's CPU kernels (hardware.py).
-from real_nvp import best_checkpoint, checkpoints, cli_flags, data, hardware, storage
-import numpy as np  # noqa: E402  pylint: disable=g-bad-import-order
-from real_nvp.compression import CompressedFileError, Compressor, Precisions  # noqa: E402
-from real_nvp.progress import progress_printer  # noqa: E402
-from real_nvp.evaluation import Evaluator  # noqa: E402
+from real_nvp import cli_flags
+from real_nvp.compressed_file import CompressedFileError, Precisions
 
 COMMANDS = ('encode', 'decode')
 
@@ -57,6 +54,18 @@ def _define_flags():
   flags.DEFINE_bool('allow_platform_mismatch', False,
                     'decode: try a file written with another TensorFlow build, '
                     'CPU kernels or device (it fails loudly if the bits differ).')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  cli_flags.parse_before_tensorflow(sys.argv)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from real_nvp import best_checkpoint, checkpoints, data, hardware, storage  # noqa: E402
+import numpy as np  # noqa: E402  pylint: disable=g-bad-import-order
+from real_nvp.compression import Compressor  # noqa: E402
+from real_nvp.progress import progress_printer  # noqa: E402
+from real_nvp.evaluation import Evaluator  # noqa: E402
 
 
 def _split_images(source, num_images):
@@ -184,5 +193,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  _define_flags()
   app.run(main)

@@ -12,12 +12,20 @@ import json
 import math
 
 __all__ = ['FlowConfig', 'TrainConfig', 'PRESETS', 'preset', 'DEQUANTIZERS',
-           'MEMORY_SAVING_MODES', 'ARCHITECTURE_FIELDS']
+           'MEMORY_SAVING_MODES', 'STRATEGIES', 'MAX_DEQUANT_SAMPLES', 'ARCHITECTURE_FIELDS']
 
-# The names of the dequantizers (dequantization.py) and of the memory-saving
-# gradients (memory_saving.py), declared here only.
+# The names of the dequantizers (dequantization.py), of the memory-saving
+# gradients (memory_saving.py) and of the tf.distribute strategies
+# (distribute.py), declared here only: the flags list them before
+# TensorFlow is imported.
 DEQUANTIZERS = ('uniform', 'variational')
 MEMORY_SAVING_MODES = ('off', 'recompute', 'invert')
+STRATEGIES = ('mirrored', 'one_device', 'multi_worker', 'tpu')
+
+# Draws K per image in one scoring call (eval.py, the SavedModel). Inference
+# memory does not grow with K but the [K, B] log-weights do, and so does the
+# time; 65,536 draws of a batch of 256 are 64 MiB of log-weights.
+MAX_DEQUANT_SAMPLES = 65_536
 
 
 # --- settings: a field with its help, its check and its flag --------------------------

@@ -28,6 +28,7 @@ import tensorflow as tf
 from tensorflow.python.ops import gen_stateless_random_ops_v2
 
 from real_nvp import flow_tree
+from real_nvp.config import MAX_DEQUANT_SAMPLES
 from real_nvp.coupling import Coupling
 from real_nvp.squeeze import Squeeze
 from real_nvp.st_network import STNetwork
@@ -38,11 +39,6 @@ _AUTO_SELECT = 3
 __all__ = ['UniformDequantizer', 'VariationalDequantizer',
            'MAX_DEQUANT_SAMPLES', 'make_dequantizer', 'base_noise', 'inside_bins',
            'stateless_seed']
-
-# Draws K per image in one scoring call (eval.py, the SavedModel). Inference
-# memory does not grow with K but the [K, B] log-weights do, and so does the
-# time; 65,536 draws of a batch of 256 are 64 MiB of log-weights.
-MAX_DEQUANT_SAMPLES = 65_536
 
 
 def stateless_seed(seed):

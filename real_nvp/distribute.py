@@ -4,10 +4,9 @@ import tensorflow as tf
 from tensorflow.python.data.ops import multi_device_iterator_ops
 
 from real_nvp import data
+from real_nvp.config import STRATEGIES
 
 __all__ = ['STRATEGIES', 'get_strategy', 'is_chief', 'has_several_workers']
-
-STRATEGIES = ('mirrored', 'one_device', 'multi_worker', 'tpu')
 
 
 def _without_autotune(create):

@@ -212,6 +212,22 @@ def test_bad_flag_values_are_refused_before_anything_is_written(tmp_path, flag):
   assert not os.path.exists(tmp_path / 'run')
 
 
+@pytest.mark.parametrize('command,flag', [
+    (['train.py'], '--strategy=bogus'), (['eval.py'], '--dequant_samples=0'),
+    (['-m', 'real_nvp.compress', 'encode'], '--latent_precision=x'),
+    (['train.py'], '--helpshort')])
+def test_the_entry_points_answer_flags_before_importing_tensorflow(command, flag):
+  """A bad flag, or --help, is answered in absl's words without the ~6 s of
+  importing TensorFlow (-X importtime lists every module imported)."""
+  result = subprocess.run([sys.executable, '-X', 'importtime', *command, flag], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert 'Flags parsing error' in result.stderr or '--helpfull' in result.stdout
+  imported = {line.split('|')[-1].strip() for line in result.stderr.splitlines()
+              if line.startswith('import time:')}
+  assert 'real_nvp.cli_flags' in imported and 'tensorflow' not in imported
+
+
 @pytest.mark.parametrize('setting,message', [
     (dict(train_steps=-1), '--train_steps=-1: must be >= 1'),
     (dict(learning_rate=-0.01), '--learning_rate=-0.01: must be finite and > 0'),
