@@ -16,9 +16,10 @@ from absl import app, flags
 from real_nvp import config as config_lib
 from real_nvp.tfds_sets import TFDS_DATASETS
 
-__all__ = ['define_flags', 'parse_before_tensorflow', 'define_strategy_flag', 'define_train_settings',
-           'define_architecture_flags', 'architecture_overrides', 'flow_config',
-           'train_config', 'model_dir', 'DATA_FLAGS', 'ARCHITECTURE_FLAGS', 'run_data_source']
+__all__ = ['define_flags', 'parse_before_tensorflow', 'define_strategy_flag',
+           'define_train_settings', 'define_architecture_flags', 'architecture_overrides',
+           'flow_config', 'train_config', 'model_dir', 'DATA_FLAGS', 'ARCHITECTURE_FLAGS',
+           'run_data_source']
 
 DATA_FLAGS = ('dataset', 'data_dir', 'image_size', 'image_channels')
 
