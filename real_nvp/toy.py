@@ -15,15 +15,31 @@ import math
 import os
 import sys
 
-import keras
-import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
-from real_nvp import hardware, storage
-from real_nvp.batch_norm import FlowBatchNorm
-from real_nvp.coupling import Coupling
-from real_nvp.layer_run import run_layers
+from real_nvp import cli_flags
+
+
+def _define_flags():
+  flags.DEFINE_string('out', 'figures/fig1_toy.png', 'Where to write the PNG.')
+  flags.DEFINE_integer('steps', 1500, 'Training steps.', lower_bound=1)
+  flags.DEFINE_integer('points', 4000, 'Points of the data set.', lower_bound=2)
+  flags.DEFINE_integer('seed', 0, 'Seed of the data, the weights and the batches.')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  cli_flags.parse_before_tensorflow(sys.argv)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from real_nvp import hardware, storage  # noqa: E402
+from real_nvp.batch_norm import FlowBatchNorm  # noqa: E402
+from real_nvp.coupling import Coupling  # noqa: E402
+from real_nvp.layer_run import run_layers  # noqa: E402
 
 __all__ = ['two_moons', 'ToyFlow', 'train_toy', 'figure_one']
 
@@ -125,13 +141,6 @@ def figure_one(flow, points, colour, path, seed=1):
   return path
 
 
-def _define_flags():
-  flags.DEFINE_string('out', 'figures/fig1_toy.png', 'Where to write the PNG.')
-  flags.DEFINE_integer('steps', 1500, 'Training steps.', lower_bound=1)
-  flags.DEFINE_integer('points', 4000, 'Points of the data set.', lower_bound=2)
-  flags.DEFINE_integer('seed', 0, 'Seed of the data, the weights and the batches.')
-
-
 def main(argv):
   del argv
   flags_ = flags.FLAGS
@@ -154,5 +163,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  _define_flags()
   app.run(main)

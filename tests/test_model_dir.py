@@ -215,7 +215,7 @@ def test_bad_flag_values_are_refused_before_anything_is_written(tmp_path, flag):
 @pytest.mark.parametrize('command,flag', [
     (['train.py'], '--strategy=bogus'), (['eval.py'], '--dequant_samples=0'),
     (['-m', 'real_nvp.compress', 'encode'], '--latent_precision=x'),
-    (['train.py'], '--helpshort')])
+    (['-m', 'real_nvp.toy'], '--steps=0'), (['train.py'], '--helpshort')])
 def test_the_entry_points_answer_flags_before_importing_tensorflow(command, flag):
   """A bad flag, or --help, is answered in absl's words without the ~6 s of
   importing TensorFlow (-X importtime lists every module imported)."""
