@@ -1,6 +1,6 @@
 """The bits-back chain's start: the fewest first images whose conventional
-codec bytes (image_codec.py) hold a given number of bits. Pure bytes and
-numpy.
+codec bytes (image_codec.py) hold a given number of bits. No TensorFlow:
+images in, the codec's bytes out.
 
 The codec's size of the first n images is taken to grow with n (the search
 assumes it, as any search by halving would). Each probe codes n images
